@@ -1,0 +1,216 @@
+"""CycleGAN: ResNet generator, 70x70 PatchGAN, LSGAN + cycle + identity losses, and one training step.
+
+Architecture after Zhu et al. 2017 and junyanz/pytorch-CycleGAN-and-pix2pix `models/networks.py`
+(reflection padding, instance norm, 2 down / N residual / 2 up blocks). Domain A is photos, B is Monet.
+The training step is plain PyTorch: the Ray Train job passes `wrap=ray.train.torch.prepare_model`.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gan.diffaugment import diff_augment
+from gan.image_pool import ImagePool
+from gan.schedule import linear_decay
+
+
+@dataclass
+class CycleGANConfig:
+    image_size: int = 256
+    ngf: int = 64           # generator width
+    n_blocks: int = 9       # residual blocks (9 for 256 px in the paper, 6 for 128 px)
+    ndf: int = 64           # discriminator width
+    n_layers_d: int = 3     # 3 gives the 70x70 receptive field
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle
+    lr: float = 2e-4
+    beta1: float = 0.5
+    epochs: int = 200       # total epochs: constant LR for `epochs - decay_epochs`, then linear decay to 0
+    decay_epochs: int = 100
+    pool_size: int = 50
+    diffaugment: str = ""   # e.g. "color,translation,cutout"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """N(0, 0.02) init as in the CycleGAN and DCGAN papers."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Image-to-image generator; input and output in [-1, 1], any size divisible by 4."""
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
+        ]
+        for mult in (1, 2):  # (B, ngf, H, W) -> (B, 4ngf, H/4, W/4)
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                       nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        for mult in (4, 2):  # (B, 4ngf, H/4, W/4) -> (B, ngf, H, W)
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                       nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: (B, 3, H, W) -> (B, 1, H/8 - 2, W/8 - 2) real/fake logits, one per 70x70 patch."""
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1), nn.InstanceNorm2d(ndf * mult),
+                       nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def lsgan_loss(pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
+    return F.mse_loss(pred.float(), target.float())
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module under a DDP wrapper: used where no gradient sync is wanted."""
+    return getattr(module, "module", module)
+
+
+def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
+
+
+class CycleGANTrainer:
+    """Both generators, both discriminators, their optimizers, LR schedules and image pools.
+
+    `wrap` turns each network into its distributed form (DDP); the discriminators are called unwrapped
+    in the generator step, where their parameters are frozen and must not take part in DDP's gradient sync.
+    """
+
+    def __init__(self, cfg: CycleGANConfig, device: torch.device | str = "cpu",
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0):
+        torch.manual_seed(seed)
+        self.cfg, self.device = cfg, torch.device(device)
+        make_g = lambda: ResnetGenerator(cfg.ngf, cfg.n_blocks).to(self.device)  # noqa: E731
+        make_d = lambda: PatchDiscriminator(cfg.ndf, cfg.n_layers_d).to(self.device)  # noqa: E731
+        self.g_ab, self.g_ba = wrap(make_g()), wrap(make_g())  # photo -> Monet, Monet -> photo
+        self.d_a, self.d_b = wrap(make_d()), wrap(make_d())    # judges photos, judges Monets
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas)
+        rule = linear_decay(cfg.epochs, cfg.decay_epochs)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, rule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, rule)
+        self.pool_a, self.pool_b = ImagePool(cfg.pool_size, seed), ImagePool(cfg.pool_size, seed + 1)
+
+    @property
+    def generator(self) -> nn.Module:
+        """The photo -> Monet generator that the batch jobs and the server use."""
+        return unwrap(self.g_ab)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _d_in(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
+
+    def step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch of photos (A) and paintings (B), each (B, 3, H, W) in [-1, 1]."""
+        cfg = self.cfg
+        real_a, real_b = real_a.to(self.device, non_blocking=True), real_b.to(self.device, non_blocking=True)
+        lam_idt = cfg.lambda_cycle * cfg.lambda_identity
+
+        # Generators: fool both (frozen, unwrapped) discriminators, reconstruct both ways, keep colours.
+        d_a, d_b = unwrap(self.d_a), unwrap(self.d_b)
+        set_requires_grad([d_a, d_b], False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
+            rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
+            loss_gan = lsgan_loss(d_b(self._d_in(fake_b)), True) + lsgan_loss(d_a(self._d_in(fake_a)), True)
+            loss_cycle = (F.l1_loss(rec_a.float(), real_a) + F.l1_loss(rec_b.float(), real_b)) * cfg.lambda_cycle
+            if lam_idt > 0:
+                loss_idt = (F.l1_loss(self.g_ab(real_b).float(), real_b) +
+                            F.l1_loss(self.g_ba(real_a).float(), real_a)) * lam_idt
+            else:
+                loss_idt = torch.zeros((), device=self.device)
+            loss_g = loss_gan + loss_cycle + loss_idt
+        loss_g.backward()
+        self.opt_g.step()
+
+        # Discriminators: real vs. a fake drawn from the history pool.
+        set_requires_grad([d_a, d_b], True)
+        self.opt_d.zero_grad(set_to_none=True)
+        pooled_b = self.pool_b.query(fake_b.detach().float())
+        pooled_a = self.pool_a.query(fake_a.detach().float())
+        with self._autocast():
+            loss_d_b = 0.5 * (lsgan_loss(self.d_b(self._d_in(real_b)), True) +
+                              lsgan_loss(self.d_b(self._d_in(pooled_b)), False))
+            loss_d_a = 0.5 * (lsgan_loss(self.d_a(self._d_in(real_a)), True) +
+                              lsgan_loss(self.d_a(self._d_in(pooled_a)), False))
+            loss_d = loss_d_a + loss_d_b
+        loss_d.backward()
+        self.opt_d.step()
+        return {"loss_g": loss_gan.item(), "loss_cycle": loss_cycle.item(), "loss_identity": loss_idt.item(),
+                "loss_d": loss_d.item()}
+
+    def end_epoch(self) -> None:
+        self.sched_g.step()
+        self.sched_d.step()
+
+    def state_dict(self) -> dict:
+        nets = {k: unwrap(getattr(self, k)).state_dict() for k in ("g_ab", "g_ba", "d_a", "d_b")}
+        return {**nets, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("g_ab", "g_ba", "d_a", "d_b"):
+            unwrap(getattr(self, k)).load_state_dict(state[k])
+        for k in ("opt_g", "opt_d", "sched_g", "sched_d"):
+            getattr(self, k).load_state_dict(state[k])
+        if "pool_a" in state:
+            self.pool_a.load_state_dict(state["pool_a"])
+            self.pool_b.load_state_dict(state["pool_b"])

@@ -1,0 +1,254 @@
+"""One interface over local folders and S3 prefixes, with atomic writes.
+
+Local writes go to a temporary file in the same folder and are renamed into place; S3 objects are
+whole once PUT (multipart uploads complete atomically). The S3 endpoint comes from `AWS_ENDPOINT_URL`
+so MinIO, R2 or a test server work like AWS; botocore's standard retry mode gives back-off on throttling
+and connection errors.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Iterator, Protocol
+from urllib.parse import urlparse
+
+MAX_OBJECT_BYTES = 5 * 1024 ** 3  # refuse single objects over 5 GiB (S3's PUT limit; zips go multipart)
+
+
+class StorageError(OSError):
+    """A storage location that cannot be used; the message names it."""
+
+
+class Storage(Protocol):
+    uri: str
+
+    def list(self, prefix: str = "") -> list[str]: ...
+    def read(self, key: str) -> bytes: ...
+    def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def write(self, key: str, data: bytes) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def upload_file(self, key: str, path: str) -> None: ...
+    def download_file(self, key: str, path: str) -> None: ...
+    def child(self, key: str) -> str: ...
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+@dataclass
+class LocalStorage:
+    root: str
+
+    @property
+    def uri(self) -> str:
+        return self.root
+
+    def _path(self, key: str) -> Path:
+        path = (Path(self.root) / key) if key else Path(self.root)
+        if ".." in Path(key).parts:
+            raise StorageError(f"{self.root}: key {key!r} leaves the storage root")
+        return path
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys (relative, '/'-separated) of all files under `prefix`, sorted; hidden temp files excluded."""
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        root = Path(self.root)
+        return sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith(".tmp-"))
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{self.child(key)}: no such file") from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def write(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """A file to write; it appears under `key` only when the block ends without error."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def upload_file(self, key: str, path: str) -> None:
+        with self.open_write(key) as f, open(path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    def download_file(self, key: str, path: str) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def child(self, key: str) -> str:
+        return str(self._path(key))
+
+
+@dataclass
+class S3Storage:
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def __getstate__(self) -> dict:  # the boto3 client is rebuilt in each process
+        return {"bucket": self.bucket, "prefix": self.prefix}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    @cached_property
+    def client(self):
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+                            config=Config(retries={"mode": "standard", "max_attempts": 8},
+                                          max_pool_connections=32))
+
+    def _key(self, key: str) -> str:
+        if ".." in key.split("/"):
+            raise StorageError(f"{self.uri}: key {key!r} leaves the storage prefix")
+        return join_key(self.prefix, key)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StorageError(f"{what}: no such object") from None
+            if code == "NoSuchBucket":
+                raise StorageError(f"{what}: bucket {self.bucket!r} does not exist") from None
+            raise StorageError(f"{what}: S3 error {code} ({e})") from None
+        except BotoCoreError as e:
+            raise StorageError(f"{what}: cannot reach S3 ({e})") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = self._key(prefix)
+        full = full + "/" if full else ""
+        base = join_key(self.prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(self.child(prefix), lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        keys: list[str] = []
+        for page in pages:
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(base) + 1:] if base else obj["Key"]
+                if rel and not rel.endswith("/"):
+                    keys.append(rel)
+        return sorted(keys)
+
+    def read(self, key: str) -> bytes:
+        resp = self._call(self.child(key), self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return resp["Body"].read()
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        resp = self._call(self.child(key), self.client.get_object, Bucket=self.bucket, Key=self._key(key),
+                          Range=f"bytes={offset}-{offset + length - 1}")
+        return resp["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        if len(data) > MAX_OBJECT_BYTES:
+            raise StorageError(f"{self.child(key)}: {len(data)} bytes is over the {MAX_OBJECT_BYTES}-byte limit")
+        self._call(self.child(key), self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """A local temporary file, uploaded (multipart when large) when the block ends without error."""
+        with tempfile.NamedTemporaryFile(prefix=".tmp-upload-") as f:
+            yield f
+            f.flush()
+            self.upload_file(key, f.name)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(self.child(key), self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            return True
+        except StorageError as e:
+            if "no such object" in str(e):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self._call(self.child(key), self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def upload_file(self, key: str, path: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+        cfg = TransferConfig(multipart_threshold=16 * 1024 ** 2, multipart_chunksize=16 * 1024 ** 2)
+        self._call(self.child(key), self.client.upload_file, path, self.bucket, self._key(key), Config=cfg)
+
+    def download_file(self, key: str, path: str) -> None:
+        self._call(self.child(key), self.client.download_file, self.bucket, self._key(key), path)
+
+    def child(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_storage(uri: str) -> LocalStorage | S3Storage:
+    """`s3://bucket/prefix` or a local path (also `file://`)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if len(parsed.netloc) < 3:
+            raise StorageError(f"{uri}: S3 bucket name must have at least 3 characters")
+        return S3Storage(parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        return LocalStorage(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # a Windows drive letter is not a scheme
+        raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a local path or s3://bucket/prefix")
+    return LocalStorage(os.path.abspath(uri))
+
+
+def split_uri(uri: str) -> tuple[LocalStorage | S3Storage, str]:
+    """A file URI -> (storage of its folder, its name)."""
+    uri = uri.rstrip("/")
+    head, _, name = uri.rpartition("/")
+    if not name:
+        raise StorageError(f"{uri}: expected a file path")
+    if not head:
+        head = "."
+    if head == "s3:/":
+        raise StorageError(f"{uri}: expected s3://bucket/key")
+    return open_storage(head), name
+
+
+def read_uri(uri: str) -> bytes:
+    storage, name = split_uri(uri)
+    return storage.read(name)
+
+
+def write_uri(uri: str, data: bytes) -> None:
+    storage, name = split_uri(uri)
+    storage.write(name, data)

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from gan.cyclegan import CycleGANConfig, CycleGANTrainer, PatchDiscriminator, ResnetGenerator
+from gan.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator, DCGANTrainer
+from gan.diffaugment import diff_augment
+from gan.image_pool import ImagePool
+from gan.schedule import linear_decay
+
+
+def test_default_generator_matches_the_paper_size():
+    g = ResnetGenerator()  # ngf=64, 9 blocks
+    assert sum(p.numel() for p in g.parameters()) == 11_378_179
+
+
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_cyclegan_shapes(size):
+    g, d = ResnetGenerator(ngf=8, n_blocks=2), PatchDiscriminator(ndf=8)
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    assert d(y).shape == (2, 1, size // 8 - 2, size // 8 - 2)  # 256 -> 30x30 patches
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_dcgan_shapes(size):
+    cfg = DCGANConfig(image_size=size, ngf=8, ndf=8)
+    g, d = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    x = g(torch.randn(3, 100))
+    assert x.shape == (3, 3, size, size)
+    assert d(x).shape == (3,)
+
+
+def test_dcgan_rejects_other_sizes():
+    with pytest.raises(ValueError, match="image_size"):
+        DCGANConfig(image_size=96)
+
+
+def _weights(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("augment", ["", "color,translation,cutout"])
+def test_cyclegan_steps_change_weights_and_give_finite_losses(augment):
+    cfg = CycleGANConfig(image_size=32, ngf=8, ndf=8, n_blocks=1, diffaugment=augment, pool_size=4)
+    t = CycleGANTrainer(cfg)
+    before = {k: _weights(getattr(t, k)) for k in ("g_ab", "g_ba", "d_a", "d_b")}
+    for _ in range(3):
+        losses = t.step(torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert set(losses) == {"loss_g", "loss_cycle", "loss_identity", "loss_d"}
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    for k, old in before.items():
+        assert any(not torch.equal(a, b) for a, b in zip(old, _weights(getattr(t, k)))), k
+    assert all(p.requires_grad for p in t.d_a.parameters())  # frozen only during the G step
+
+
+def test_dcgan_steps_change_weights_and_give_finite_losses():
+    t = DCGANTrainer(DCGANConfig(image_size=64, ngf=8, ndf=8, diffaugment="translation"))
+    g0, d0 = _weights(t.g), _weights(t.d)
+    for _ in range(3):
+        losses = t.step(torch.rand(4, 3, 64, 64) * 2 - 1)
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g0, _weights(t.g)))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, _weights(t.d)))
+
+
+def test_trainer_state_round_trip_continues_identically():
+    cfg = CycleGANConfig(image_size=32, ngf=8, ndf=8, n_blocks=1, pool_size=2)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    t1 = CycleGANTrainer(cfg, seed=1)
+    for _ in range(3):
+        t1.step(a, b)
+    state = t1.state_dict()
+    t2 = CycleGANTrainer(cfg, seed=99)
+    t2.load_state_dict(state)
+    torch.manual_seed(5); l1 = t1.step(a, b)
+    torch.manual_seed(5); l2 = t2.step(a, b)
+    assert l1 == pytest.approx(l2, rel=1e-5)
+
+
+def test_linear_decay_schedule():
+    rule = linear_decay(epochs=10, decay_epochs=4)
+    assert [rule(e) for e in range(6)] == [1.0] * 6
+    assert rule(6) == pytest.approx(0.8) and rule(9) == pytest.approx(0.2)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rule)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[:6] == [2e-4] * 6 and lrs[6] < lrs[5] and lrs[-1] == pytest.approx(2e-4 * 0.2)
+    with pytest.raises(ValueError):
+        linear_decay(5, 6)
+
+
+def test_image_pool_fills_then_mixes_history():
+    pool = ImagePool(size=3, seed=0)
+    first = torch.arange(3).float().view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: returns what it is given
+    newer = torch.full((200, 1, 1, 1), 9.0)
+    out = pool.query(newer)
+    old = (out != 9).sum().item()
+    assert out.shape == newer.shape and 0 < old <= 3  # some come from the history, at most the 3 originals
+    assert len(pool.images) == 3
+    state = pool.state_dict()
+    p2 = ImagePool(size=3, seed=123)
+    p2.load_state_dict(state)
+    x = torch.rand(20, 1, 1, 1)
+    assert torch.equal(pool.query(x), p2.query(x))
+    assert torch.equal(ImagePool(size=0).query(x), x)
+
+
+def test_diffaugment_keeps_shape_and_gradient():
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    y = diff_augment(x, "color,translation,cutout")
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    cut = diff_augment(torch.ones(8, 3, 32, 32), "cutout")
+    zeros = (cut == 0).float().mean().item()
+    assert 0.1 < zeros < 0.3  # a half-size square is a quarter of the area, less where it overhangs
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        diff_augment(x, "blur")
