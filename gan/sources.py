@@ -7,8 +7,6 @@ Anything that cannot be an input (a corrupt TFRecord file) becomes a `Rejected` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-
 from gan.storage import Storage, StorageError
 from gan.tfrecord import TFRecordError, example_image, iter_record_spans
 
@@ -52,9 +50,7 @@ def scan_inputs(storage: Storage, prefix: str = "") -> tuple[list[InputItem], li
                     count += 1
             except TFRecordError as e:
                 rejected.append(Rejected(f"{rel}#record{count}+", f"{e}; this and later records of the file skipped"))
-        elif PurePosixPath(key).name.startswith("."):
-            continue  # hidden files (.DS_Store, editors' temp files) are not inputs
-        else:
+        else:  # every other file is an input: a non-image ends as a rejected line, never a silent skip
             items.append(InputItem(rel, key))
     items.sort(key=lambda i: i.name)
     return items, rejected

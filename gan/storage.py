@@ -139,9 +139,8 @@ class S3Storage:
                                           max_pool_connections=32))
 
     def _key(self, key: str) -> str:
-        if ".." in key.split("/"):
-            raise StorageError(f"{self.uri}: key {key!r} leaves the storage prefix")
-        return join_key(self.prefix, key)
+        # S3 keys are literal ('..' has no meaning there); output keys are sanitised by gan.naming.
+        return join_key(self.prefix, key) if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,0 +1,23 @@
+"""Stylize every photo under an input URI with a CycleGAN generator: plan the work, then run it on Ray."""
+from __future__ import annotations
+
+from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
+from gan.naming import output_names
+from gan.sources import scan_inputs
+from gan.storage import open_storage
+
+
+def plan_stylize(input_uri: str) -> tuple[list[dict], list, object]:
+    """(rows, early rejects, input storage): one row per input image, its output name fixed up front."""
+    storage = open_storage(input_uri)
+    items, rejected = scan_inputs(storage)
+    names = output_names([i.name for i in items], OUTPUT_SUFFIX)
+    rows = [{"name": i.name, "out": names[i.name], "key": i.key, "offset": i.offset, "length": i.length,
+             "index": n, "error": ""} for n, i in enumerate(items)]
+    return rows, rejected, storage
+
+
+def stylize(input_uri: str, opts: BatchOptions) -> JobResult:
+    rows, rejected, storage = plan_stylize(input_uri)
+    extra = {"input": input_uri, "output": opts.output.uri, "checkpoint": opts.checkpoint}
+    return run_batch("stylize", rows, storage, opts, extra, rejected)

@@ -1,0 +1,84 @@
+"""The Kaggle submission: `images.zip` of 7,000-10,000 JPEGs, each 256x256 RGB.
+
+Images are streamed one at a time from storage into the zip (stored, not deflated: JPEG does not
+compress further), so memory stays flat at any count; the zip appears at its target only when whole
+(a local rename, or an S3 upload, multipart when large).
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+
+from gan.images import BadImageError, open_image
+from gan.storage import Storage, split_uri
+
+MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
+SIZE = 256
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+class SubmissionError(ValueError):
+    """A submission that Kaggle would refuse; the message says which image or count is wrong."""
+
+
+def check_submission_image(data: bytes, name: str) -> None:
+    try:
+        img = open_image(data, name)
+    except BadImageError as e:
+        raise SubmissionError(str(e)) from None
+    if img.format != "JPEG":
+        raise SubmissionError(f"{name}: is {img.format}, the submission needs JPEG")
+    if img.size != (SIZE, SIZE):
+        raise SubmissionError(f"{name}: is {img.width}x{img.height}, the submission needs {SIZE}x{SIZE}")
+    if img.mode != "RGB":
+        raise SubmissionError(f"{name}: has mode {img.mode}, the submission needs RGB")
+
+
+def image_keys(storage: Storage) -> list[str]:
+    """The images a job wrote (top level, .jpg), not its report or manifest."""
+    return [k for k in storage.list() if "/" not in k and k.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def check_count(count: int, where: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> None:
+    if not min_images <= count <= max_images:
+        raise SubmissionError(f"{where}: {count} images, a submission needs {min_images} to {max_images} "
+                              "(use --min-images/--max-images to change the range for other uses)")
+
+
+def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> dict:
+    """Stream every image in `storage` into a zip at `output_uri`; returns {images, bytes, zip}."""
+    keys = image_keys(storage)
+    check_count(len(keys), storage.uri, min_images, max_images)
+    target, name = split_uri(output_uri)
+    total = 0
+    with target.open_write(name) as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for key in keys:
+                data = storage.read(key)
+                check_submission_image(data, storage.child(key))
+                zf.writestr(key, data)
+                total += len(data)
+    return {"images": len(keys), "bytes": total, "zip": output_uri}
+
+
+def iter_zip_images(data_or_path, source: str):
+    """(name, bytes) of each image in a zip, with clear errors for a file that is not a zip."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path)
+    except zipfile.BadZipFile:
+        raise SubmissionError(f"{source}: not a zip file") from None
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            yield info.filename, zf.read(info)
+
+
+def check_zip(data_or_path, source: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> int:
+    """Validate a submission zip the way Kaggle would; returns the image count."""
+    count = 0
+    for name, data in iter_zip_images(data_or_path, source):
+        check_submission_image(data, f"{source}:{name}")
+        count += 1
+    check_count(count, source, min_images, max_images)
+    return count

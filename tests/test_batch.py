@@ -1,0 +1,208 @@
+"""Batch jobs on the shared local Ray: stylize and generate, local and S3, bad inputs, crashes, the zip."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import torch
+
+from gan.batch import MANIFEST, REPORT, BatchOptions, summary_line
+from gan.checkpoint import CheckpointError, generator_checkpoint, to_bytes
+from gan.cyclegan import CycleGANConfig, ResnetGenerator
+from gan.dcgan import DCGANConfig, DCGANGenerator
+from gan.demo_data import write_demo_data
+from gan.generate import generate
+from gan.images import decode_image
+from gan.naming import output_names, safe_stem
+from gan.storage import StorageError, open_storage
+from gan.stylize import stylize
+from gan.submission import SubmissionError, assemble, check_zip
+from tests.conftest import ROOT
+from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
+
+
+@pytest.fixture(scope="module")
+def cyclegan_ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dcgan_ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    cfg = DCGANConfig(image_size=64, ngf=8)
+    g = DCGANGenerator(cfg)
+    for m in g.modules():  # larger weights than the N(0, 0.02) init, so images depend visibly on the noise
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            m.weight.data.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "d.pt"
+    path.write_bytes(to_bytes(generator_checkpoint("dcgan", cfg, g)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("photos")
+    write_demo_data(out, photos=200, paintings=0, seed=7)
+    return out / "photo_jpg"
+
+
+def opts(ckpt, out, **kw) -> BatchOptions:
+    return BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), batch_size=kw.pop("batch_size", 8),
+                        progress=False, **kw)
+
+
+def test_safe_output_names():
+    assert safe_stem("../../etc/passwd") == "passwd"
+    assert safe_stem("..\\..\\evil name!.jpg") == "evil_name"
+    assert safe_stem("a/b/.hidden.png") == "hidden"
+    assert safe_stem("....") .startswith("image-")
+    names = output_names(["a/x.jpg", "b/x.jpg", "x.png", "y.jpg"])
+    assert names["y.jpg"] == "y.jpg"
+    assert len({names["a/x.jpg"], names["b/x.jpg"], names["x.png"]}) == 3
+    assert all(n.startswith("x-") for k, n in names.items() if k != "y.jpg")
+    assert output_names(["b/x.jpg", "a/x.jpg", "x.png", "y.jpg"]) == names  # order-independent
+
+
+def test_stylize_local_with_bad_and_odd_inputs_then_rerun_does_nothing(ray_cluster, tmp_path, cyclegan_ckpt):
+    src = tmp_path / "in"
+    write_files(src, {f"ok{i}.jpg": (lambda i=i: image_bytes(seed=i)) for i in range(5)})
+    write_files(src, GOOD_ODD)
+    write_files(src, BROKEN)
+    write_files(src / "sub", {"ok0.jpg": image_bytes, "..weird name?.jpg": image_bytes})
+    out = tmp_path / "out"
+    result = stylize(str(src), opts(cyclegan_ckpt, out))
+    report = json.loads((out / REPORT).read_text())
+    valid = 5 + len(GOOD_ODD) + 2
+    assert report["counts"] == {"inputs": valid + len(BROKEN), "outputs": valid, "written": valid,
+                                "skipped_existing": 0, "rejected": len(BROKEN)}
+    assert sorted(r["name"] for r in report["rejected"]) == sorted(BROKEN)
+    assert all(r["reason"].startswith(r["name"] + ": ") for r in report["rejected"])
+    jpgs = sorted(p.name for p in out.glob("*.jpg"))
+    assert len(jpgs) == valid and "weird_name.jpg" in jpgs
+    assert sum(n.startswith("ok0-") for n in jpgs) == 2  # the duplicate name in two folders: both kept
+    for p in out.glob("*.jpg"):
+        assert decode_image(p.read_bytes(), p.name).shape == (256, 256, 3)
+    assert "stylize: 15 images" in summary_line(result)
+    # a finished job rerun does no work and changes nothing
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = stylize(str(src), opts(cyclegan_ckpt, out))
+    assert again.skipped_run and "already complete" in summary_line(again)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_stylize_s3_to_s3_and_tfrecords(ray_cluster, bucket, demo_data, cyclegan_ckpt, tmp_path):
+    s3 = boto3.client("s3")
+    for p in sorted((demo_data / "photo_jpg").glob("*.jpg"))[:10]:
+        s3.put_object(Bucket=bucket, Key=f"photos/{p.name}", Body=p.read_bytes())
+    s3.upload_file(cyclegan_ckpt, bucket, "models/g.pt")
+    result = stylize(f"s3://{bucket}/photos", opts(f"s3://{bucket}/models/g.pt", f"s3://{bucket}/out"))
+    assert result.report["counts"]["written"] == 10
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    assert len([k for k in keys if k.endswith(".jpg")]) == 10 and f"out/{REPORT}" in keys and f"out/{MANIFEST}" in keys
+    # TFRecords in, local out: names come from the records' image_name
+    tf_out = tmp_path / "tf"
+    result = stylize(str(demo_data / "photo_tfrec"), opts(cyclegan_ckpt, tf_out))
+    assert result.report["counts"]["written"] == 24
+    assert sorted(p.stem for p in tf_out.glob("*.jpg")) == sorted(p.stem for p in (demo_data / "photo_jpg").glob("*.jpg"))
+    # a prefix that does not exist
+    with pytest.raises(StorageError, match=f"s3://{bucket}/nothing-here: no files found"):
+        stylize(f"s3://{bucket}/nothing-here", opts(cyclegan_ckpt, tmp_path / "x"))
+
+
+def test_wrong_checkpoint_kind_is_refused(ray_cluster, demo_data, dcgan_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="needs a cyclegan generator"):
+        stylize(str(demo_data / "photo_jpg"), opts(dcgan_ckpt, tmp_path / "o"))
+
+
+def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_cluster, photos, cyclegan_ckpt, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("GAN_FAULT_CRASH_ONCE", str(marker))
+    out = tmp_path / "out"
+    result = stylize(str(photos), opts(cyclegan_ckpt, out))
+    assert marker.exists()  # the actor did die once
+    assert result.report["counts"]["outputs"] == 200 and len(list(out.glob("*.jpg"))) == 200
+
+
+def _zip_contents(path: Path) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: decode_image(zf.read(n), n) for n in zf.namelist()}
+
+
+def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_cluster, photos, cyclegan_ckpt, tmp_path):
+    # the uninterrupted run, for comparison
+    clean = tmp_path / "clean"
+    stylize(str(photos), opts(cyclegan_ckpt, clean))
+    assemble(open_storage(str(clean)), str(tmp_path / "clean.zip"), min_images=200, max_images=200)
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.stylize", "--checkpoint", cyclegan_ckpt, "--input", str(photos),
+           "--output", str(out), "--batch-size", "4", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*.jpg"))) < 20:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    partial = len(list(out.glob("*.jpg")))
+    assert 20 <= partial < 200 and not (out / REPORT).exists()
+    result = stylize(str(photos), opts(cyclegan_ckpt, out))
+    c = result.report["counts"]
+    assert c["skipped_existing"] >= partial and c["written"] == 200 - c["skipped_existing"] and c["outputs"] == 200
+    assert len(list(out.glob("*.jpg"))) == 200 and not list(out.glob(".tmp-*"))
+    assemble(open_storage(str(out)), str(tmp_path / "resumed.zip"), min_images=200, max_images=200)
+    a, b = _zip_contents(tmp_path / "clean.zip"), _zip_contents(tmp_path / "resumed.zip")
+    assert sorted(a) == sorted(b)
+    # same model on each image: equal up to float rounding of a different batch/thread split, seen through JPEG
+    assert max(np.abs(a[n].astype(int) - b[n].astype(int)).mean() for n in a) < 0.5
+
+
+def test_generate_is_deterministic_across_actor_counts(ray_cluster, dcgan_ckpt, tmp_path):
+    one = generate(12, seed=5, opts=opts(dcgan_ckpt, tmp_path / "one", actors=1, batch_size=5))
+    two = generate(12, seed=5, opts=opts(dcgan_ckpt, tmp_path / "two", actors=2, batch_size=3))
+    assert one.report["counts"]["outputs"] == two.report["counts"]["outputs"] == 12
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.jpg"))
+    assert names == sorted(p.name for p in (tmp_path / "two").glob("*.jpg")) and names[0] == "00000.jpg"
+    for n in names:
+        a = decode_image((tmp_path / "one" / n).read_bytes(), n)
+        b = decode_image((tmp_path / "two" / n).read_bytes(), n)
+        assert a.shape == (256, 256, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    other = generate(3, seed=6, opts=opts(dcgan_ckpt, tmp_path / "other", actors=1))
+    c = decode_image((tmp_path / "other" / "00000.jpg").read_bytes(), "c")
+    a = decode_image((tmp_path / "one" / "00000.jpg").read_bytes(), "a")
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 10  # another seed, other images
+    assert other.report["counts"]["outputs"] == 3
+
+
+def test_zip_checks(tmp_path, bucket):
+    folder = tmp_path / "imgs"
+    write_files(folder, {f"{i}.jpg": (lambda i=i: image_bytes(seed=i)) for i in range(6)})
+    (folder / REPORT).write_text("{}")
+    with pytest.raises(SubmissionError, match="6 images, a submission needs 7000 to 10000"):
+        assemble(open_storage(str(folder)), str(tmp_path / "images.zip"))
+    assert not (tmp_path / "images.zip").exists()
+    info = assemble(open_storage(str(folder)), f"s3://{bucket}/sub/images.zip", min_images=1)
+    assert info["images"] == 6
+    data = boto3.client("s3").get_object(Bucket=bucket, Key="sub/images.zip")["Body"].read()
+    assert check_zip(data, "images.zip", min_images=6, max_images=6) == 6
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as zf:
+        zf.writestr("small.jpg", image_bytes(size=(64, 64)))
+    with pytest.raises(SubmissionError, match="small.jpg: is 64x64"):
+        check_zip(str(tmp_path / "bad.zip"), "bad.zip", min_images=1)
+    with pytest.raises(SubmissionError, match="not a zip"):
+        check_zip(b"hello", "x.zip")
+    (folder / "7.jpg").write_bytes(image_bytes(fmt="PNG"))
+    with pytest.raises(SubmissionError, match="7.jpg: is PNG"):
+        assemble(open_storage(str(folder)), str(tmp_path / "images.zip"), min_images=1)
+    assert not list(tmp_path.glob("*.zip")) or not (tmp_path / "images.zip").exists()
