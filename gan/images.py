@@ -94,7 +94,7 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(127.5).sub_(1.0)
+    t = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(127.5).sub_(1.0)
     return t.movedim(-1, -3)
 
 

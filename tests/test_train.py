@@ -1,0 +1,100 @@
+"""The Ray Train job: 2 CPU workers, tiny models, local and S3 storage, resume, a worker killed mid-epoch."""
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+from PIL import Image
+
+from gan.checkpoint import from_bytes
+from gan.data import DataError
+from gan.train import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE
+from jobs import train as train_job
+
+TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "2",
+        "--num-workers", "2"]
+
+
+def run(args: list[str]) -> int:
+    return train_job.main(args)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("checkpoint_epoch_*"))
+
+
+def history(ckpt: Path) -> list[dict]:
+    return json.loads((ckpt / HISTORY_FILE).read_text())
+
+
+def test_cyclegan_two_workers_local_then_rerun_resumes(ray_cluster, demo_data, tmp_path):
+    base = ["--model", "cyclegan", "--data", str(demo_data), *TINY, "--storage", str(tmp_path / "runs"),
+            "--name", "cg", "--export", str(tmp_path / "g.pt")]
+    assert run([*base, "--epochs", "2"]) == 0
+    ckpts = checkpoints(tmp_path / "runs" / "cg")
+    assert [c.name for c in ckpts] == ["checkpoint_epoch_00000", "checkpoint_epoch_00001"]
+    for c in ckpts:
+        grid = Image.open(c / SAMPLES_FILE)
+        assert grid.size[1] > 2 * 32 and grid.size[0] > 4 * 32  # 2 rows of 4: photos over their stylized versions
+    first = history(ckpts[-1])
+    assert [h["epoch"] for h in first] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(h["loss_g"])) and h["images_per_s"] > 0 for h in first)
+    g = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt", expect_kind="cyclegan")
+    assert g.epoch == 1 and g.image_size == 32
+
+    # the same command with more epochs continues: epochs 0-1 are not trained again
+    assert run([*base, "--epochs", "3"]) == 0
+    resumed = history(checkpoints(tmp_path / "runs" / "cg")[-1])
+    assert [h["epoch"] for h in resumed] == [0, 1, 2]
+    assert resumed[:2] == first  # carried over, not retrained
+    assert from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt").epoch == 2
+
+
+def test_cyclegan_on_s3_storage_and_tfrecords(ray_cluster, demo_data, bucket, tmp_path):
+    assert run(["--model", "cyclegan", "--photos", str(demo_data / "photo_tfrec"),
+                "--paintings", str(demo_data / "monet_tfrec"), *TINY, "--epochs", "2",
+                "--storage", f"s3://{bucket}/runs", "--name", "cg", "--export", f"s3://{bucket}/models/g.pt"]) == 0
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    for epoch in (0, 1):
+        for f in (SAMPLES_FILE, GENERATOR_FILE, "state.pt", HISTORY_FILE):
+            assert f"runs/cg/checkpoint_epoch_{epoch:05d}/{f}" in keys
+    data = boto3.client("s3").get_object(Bucket=bucket, Key="models/g.pt")["Body"].read()
+    assert from_bytes(data, "g.pt").kind == "cyclegan"
+
+
+def test_dcgan_two_workers_with_yaml_config(ray_cluster, demo_data, tmp_path):
+    cfg = tmp_path / "dcgan.yaml"
+    cfg.write_text("model: dcgan\nimage_size: 64\nngf: 8\nndf: 8\nbatch_size: 2\nnum_workers: 2\n"
+                   "epochs: 2\ndiffaugment: color,translation\n")
+    assert run(["--config", str(cfg), "--paintings", str(demo_data / "monet_jpg"), "--storage",
+                str(tmp_path / "runs"), "--name", "dc", "--export", str(tmp_path / "d.pt")]) == 0
+    ckpts = checkpoints(tmp_path / "runs" / "dc")
+    assert len(ckpts) == 2 and Image.open(ckpts[-1] / SAMPLES_FILE).size[0] > 8 * 64
+    assert [h["epoch"] for h in history(ckpts[-1])] == [0, 1]
+    d = from_bytes((tmp_path / "d.pt").read_bytes(), "d.pt", expect_kind="dcgan")
+    assert d.config["image_size"] == 64 and d.config["diffaugment"] == "color,translation"
+
+
+def test_a_worker_killed_mid_epoch_is_survived(ray_cluster, demo_data, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("GAN_FAULT_KILL_WORKER", f"1:1:{marker}")  # rank 1 exits halfway through epoch 1
+    assert run(["--model", "cyclegan", "--data", str(demo_data), *TINY, "--epochs", "3", "--max-failures", "2",
+                "--storage", str(tmp_path / "runs"), "--name", "kill"]) == 0
+    assert marker.exists()
+    last = checkpoints(tmp_path / "runs" / "kill")[-1]
+    assert last.name == "checkpoint_epoch_00002"
+    assert [h["epoch"] for h in history(last)] == [0, 1, 2]  # epoch 1 appears once, though started twice
+
+
+def test_bad_data_fails_before_any_worker_starts(tmp_path, demo_data):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="--photos .*empty: no files found"):
+        run(["--model", "cyclegan", "--photos", str(tmp_path / "empty"), "--paintings", str(demo_data / "monet_jpg"),
+             "--storage", str(tmp_path / "runs")])
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="--paintings .*junk: no readable image among 1 files"):
+        run(["--model", "dcgan", "--paintings", str(tmp_path / "junk"), "--storage", str(tmp_path / "runs")])
+    with pytest.raises(ValueError, match="image_size must be one of"):
+        run(["--model", "dcgan", "--paintings", str(demo_data / "monet_jpg"), "--image-size", "48"])
