@@ -53,8 +53,8 @@ class JobResult:
 class DecodeStage:
     """Input bytes -> (256, 256, 3) uint8 pixels, or an error for that row."""
 
-    def __init__(self, storage: Storage, size: int):
-        self.storage, self.size = storage, size
+    def __init__(self, storage: Storage, size: int, check=None):
+        self.storage, self.size, self.check = storage, size, check  # check(data, name) raises ValueError
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["name"])
@@ -63,9 +63,13 @@ class DecodeStage:
         for i in range(n):
             if errors[i]:
                 continue
-            item = InputItem(batch["name"][i], batch["key"][i], int(batch["offset"][i]), int(batch["length"][i]))
+            item = InputItem(batch["name"][i], batch["key"][i], int(batch["offset"][i]), int(batch["length"][i]),
+                             str(batch["container"][i]))
             try:
-                pixels[i] = decode_image(read_input(self.storage, item), item.name, self.size)
+                data = read_input(self.storage, item)
+                if self.check is not None:
+                    self.check(data, item.name)
+                pixels[i] = decode_image(data, item.name, self.size)
             except (BadImageError, StorageError, ValueError) as e:
                 errors[i] = str(e)
         return {"name": batch["name"], "out": batch["out"], "index": batch["index"], "pixels": pixels,

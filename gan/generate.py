@@ -9,7 +9,7 @@ def plan_generate(count: int) -> list[dict]:
         raise ValueError(f"--count must be at least 1, got {count}")
     width = max(5, len(str(count - 1)))
     return [{"name": f"sample {i}", "out": f"{i:0{width}d}{OUTPUT_SUFFIX}", "key": "", "offset": 0, "length": -1,
-             "index": i, "error": ""} for i in range(count)]
+             "container": "", "index": i, "error": ""} for i in range(count)]
 
 
 def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:

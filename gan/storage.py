@@ -8,6 +8,7 @@ and connection errors.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def read(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def size(self, key: str) -> int: ...
     def write(self, key: str, data: bytes) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -75,6 +77,12 @@ class LocalStorage:
         with open(self._path(key), "rb") as f:
             f.seek(offset)
             return f.read(length)
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"{self.child(key)}: no such file") from None
 
     def write(self, key: str, data: bytes) -> None:
         with self.open_write(key) as f:
@@ -179,6 +187,10 @@ class S3Storage:
                           Range=f"bytes={offset}-{offset + length - 1}")
         return resp["Body"].read()
 
+    def size(self, key: str) -> int:
+        head = self._call(self.child(key), self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        return int(head["ContentLength"])
+
     def write(self, key: str, data: bytes) -> None:
         if len(data) > MAX_OBJECT_BYTES:
             raise StorageError(f"{self.child(key)}: {len(data)} bytes is over the {MAX_OBJECT_BYTES}-byte limit")
@@ -241,6 +253,41 @@ def split_uri(uri: str) -> tuple[LocalStorage | S3Storage, str]:
     if head == "s3:/":
         raise StorageError(f"{uri}: expected s3://bucket/key")
     return open_storage(head), name
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable file over one stored object, fetching only the byte ranges asked for
+    (lets zipfile read a zip's directory on S3 without downloading the whole zip)."""
+
+    def __init__(self, storage: Storage, key: str):
+        self.storage, self.key, self.pos = storage, key, 0
+        self.length = storage.size(key)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.length + offset}[whence]
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
+        if n <= 0:
+            return b""
+        data = self.storage.read_range(self.key, self.pos, n)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
 
 
 def read_uri(uri: str) -> bytes:

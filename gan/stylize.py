@@ -13,7 +13,7 @@ def plan_stylize(input_uri: str) -> tuple[list[dict], list, object]:
     items, rejected = scan_inputs(storage)
     names = output_names([i.name for i in items], OUTPUT_SUFFIX)
     rows = [{"name": i.name, "out": names[i.name], "key": i.key, "offset": i.offset, "length": i.length,
-             "index": n, "error": ""} for n, i in enumerate(items)]
+             "container": i.container, "index": n, "error": ""} for n, i in enumerate(items)]
     return rows, rejected, storage
 
 

@@ -1,0 +1,163 @@
+"""MiFID evaluation of a folder, prefix or images.zip: features on Ray actors, the report, a contact sheet.
+
+A zip is checked as a Kaggle submission (every member a 256x256 RGB JPEG) before its score counts;
+folders are lenient and list unreadable files in the report.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gan.batch import DecodeStage, Progress
+from gan.features import make_extractor
+from gan.images import decode_image, to_tensor
+from gan.metrics import mifid
+from gan.naming import safe_stem
+from gan.samples import grid_png
+from gan.sources import Rejected, is_zip, read_input, scan_uri
+from gan.storage import Storage, open_storage, split_uri
+from gan.submission import SubmissionError, check_count, check_submission_image
+
+SIZE = 256
+
+
+@dataclass
+class EvalOptions:
+    features: str = "inception"
+    inception_weights: str | None = None
+    batch_size: int = 32
+    actors: int = 1
+    cpus_per_actor: float | None = None
+    progress: bool = True
+    min_images: int = 1
+    max_images: int = 10**9
+
+
+class FeatureActor:
+    """Loads the extractor once per actor; pixels in, feature vectors out."""
+
+    def __init__(self, kind: str, weights: str | None, threads: int | None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.extractor = make_extractor(kind, weights)
+
+    def __call__(self, batch: dict) -> dict:
+        from gan.features import extract
+        ok = np.array([not e for e in batch["error"]], bool)
+        feats = None
+        if ok.any():
+            f = extract(self.extractor, batch["pixels"][ok])
+            feats = np.zeros((len(ok), f.shape[1]), np.float32)
+            feats[ok] = f
+        else:
+            feats = np.zeros((len(ok), 1), np.float32)
+        return {"name": batch["name"], "features": feats, "error": batch["error"]}
+
+
+def features_of(uri: str, opts: EvalOptions, label: str) -> tuple[list[str], np.ndarray, list[Rejected]]:
+    """(names, (N, D) features, rejected) of every image at `uri`, computed across Ray actors."""
+    import ray
+    items, rejected, storage = scan_uri(uri)
+    strict = is_zip(uri)
+    rows = [{"name": i.name, "out": "", "key": i.key, "offset": i.offset, "length": i.length, "container": i.container,
+             "index": n, "error": ""} for n, i in enumerate(items)]
+    cpus = opts.cpus_per_actor or max(1.0, (ray.cluster_resources().get("CPU", 2) - 1) / opts.actors)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // opts.batch_size, 200)))
+    ds = ds.map_batches(DecodeStage(storage, SIZE, check_submission_image if strict else None),
+                        batch_size=opts.batch_size, num_cpus=0.5)
+    ds = ds.map_batches(FeatureActor, fn_constructor_args=(opts.features, opts.inception_weights, int(cpus)),
+                        compute=ray.data.ActorPoolStrategy(size=opts.actors), batch_size=opts.batch_size, num_cpus=cpus)
+    names, feats = [], []
+    progress = Progress(len(rows), f"features[{label}]", opts.progress)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for name, f, err in zip(batch["name"], batch["features"], batch["error"]):
+            if err:
+                rejected.append(Rejected(str(name), str(err)))
+            else:
+                names.append(str(name))
+                feats.append(f)
+        progress.update(len(batch["name"]))
+    if strict and rejected:
+        first = "; ".join(r.reason for r in rejected[:3])
+        raise SubmissionError(f"{uri}: {len(rejected)} invalid images ({first})")
+    if strict:
+        check_count(len(names), uri, opts.min_images, opts.max_images)
+    if len(names) < 2:
+        raise ValueError(f"{uri}: need at least 2 readable images, found {len(names)}")
+    order = np.argsort(names)
+    return [names[i] for i in order], np.stack(feats)[order], sorted(rejected, key=lambda r: r.name)
+
+
+def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8) -> bytes:
+    """A grid: photos over their stylized versions (matched by name) when photos are given, else samples."""
+    items, _, storage = scan_uri(generated_uri)
+    items = items[:64]
+    gen = []
+    for item in items:
+        try:
+            gen.append((safe_stem(item.name), to_tensor(decode_image(read_input(storage, item), item.name, SIZE))))
+        except ValueError:
+            continue
+    pairs = []
+    if photos_uri:
+        p_items, _, p_storage = scan_uri(photos_uri)
+        by_stem = {safe_stem(i.name): i for i in p_items}
+        for stem, g in gen:
+            if stem in by_stem and len(pairs) < n:
+                photo = decode_image(read_input(p_storage, by_stem[stem]), stem, SIZE)
+                pairs.append((to_tensor(photo), g))
+    if pairs:
+        return grid_png(torch.stack([p for p, _ in pairs] + [g for _, g in pairs]), nrow=len(pairs))
+    return grid_png(torch.stack([g for _, g in gen[:2 * n]]), nrow=n)
+
+
+def report_location(generated_uri: str, report_uri: str | None) -> tuple[Storage, str, str]:
+    """(storage, report name, contact sheet name): beside the images, or beside the zip."""
+    if report_uri:
+        storage, name = split_uri(report_uri)
+        return storage, name, name.rsplit(".", 1)[0] + "_contact_sheet.png"
+    if is_zip(generated_uri):
+        storage, name = split_uri(generated_uri)
+        return storage, f"{name}.evaluation.json", f"{name}.contact_sheet.png"
+    return open_storage(generated_uri), "_evaluation.json", "_contact_sheet.png"
+
+
+def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, photos: str | None = None,
+             report_uri: str | None = None) -> dict:
+    start = time.monotonic()
+    extractor = make_extractor(opts.features, opts.inception_weights).name  # missing weights fail here, first
+    g_names, g_feats, g_rej = features_of(generated, opts, "generated")
+    r_names, r_feats, r_rej = features_of(real, opts, "real")
+    t_names, t_feats = r_names, r_feats
+    if train and train != real:
+        t_names, t_feats, _ = features_of(train, opts, "train")
+    scores = mifid(g_feats, r_feats, t_feats)
+    report = {
+        "generated": generated, "real": real, "train": train or real,
+        "counts": {"generated": len(g_names), "real": len(r_names), "train": len(t_names),
+                   "rejected": len(g_rej) + len(r_rej)},
+        "extractor": extractor, "is_inception": opts.features == "inception",
+        "fid": scores["fid"], "memorization_distance": scores["distance"],
+        "distance_used": scores["distance_used"], "memorization_penalized": scores["memorization_penalized"],
+        "epsilon": scores["epsilon"], "mifid": scores["mifid"],
+        "seconds": round(time.monotonic() - start, 2),
+        "rejected": [{"name": r.name, "reason": r.reason} for r in g_rej + r_rej],
+    }
+    storage, report_name, sheet_name = report_location(generated, report_uri)
+    storage.write(sheet_name, contact_sheet(generated, photos))
+    report["contact_sheet"] = storage.child(sheet_name)
+    storage.write(report_name, json.dumps(report, indent=1).encode())
+    report["report"] = storage.child(report_name)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    label = "MiFID" if report["is_inception"] else "MiFID[stand-in features, not Kaggle's]"
+    pen = "penalised" if report["memorization_penalized"] else "no penalty"
+    return (f"{label} {report['mifid']:.3f} (FID {report['fid']:.3f}, memorization d {report['memorization_distance']:.4f}"
+            f" -> {pen}) {report['counts']['generated']} generated vs {report['counts']['real']} real, "
+            f"{report['extractor']}, {report['seconds']:.1f} s")

