@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
-from gan.batch import BatchOptions
+from gan.batch import BatchOptions, JobResult, summary_line
+from gan.ray_runtime import ensure_ray
 from gan.storage import open_storage
-from gan.submission import MAX_IMAGES, MIN_IMAGES
+from gan.submission import MAX_IMAGES, MIN_IMAGES, assemble
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:
@@ -30,3 +32,14 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(checkpoint=args.checkpoint, output=open_storage(args.output), batch_size=args.batch_size,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress)
+
+
+def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:
+    """Start or join Ray, run the job, print its summary line, and assemble the zip when --zip is given."""
+    opts = batch_options(args)
+    ensure_ray()
+    print(summary_line(job(opts)))
+    if args.zip:
+        z = assemble(opts.output, args.zip, args.min_images, args.max_images)
+        print(f"zip: {z['images']} images -> {z['zip']}")
+    return 0

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
 from gan.naming import output_names
-from gan.sources import scan_inputs
-from gan.storage import open_storage
+from gan.sources import scan_uri
 
 
 def plan_stylize(input_uri: str) -> tuple[list[dict], list, object]:
     """(rows, early rejects, input storage): one row per input image, its output name fixed up front."""
-    storage = open_storage(input_uri)
-    items, rejected = scan_inputs(storage)
+    items, rejected, storage = scan_uri(input_uri)
     names = output_names([i.name for i in items], OUTPUT_SUFFIX)
     rows = [{"name": i.name, "out": names[i.name], "key": i.key, "offset": i.offset, "length": i.length,
              "container": i.container, "index": n, "error": ""} for n, i in enumerate(items)]

@@ -7,11 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gan.batch import summary_line
-from gan.cli import add_batch_args, batch_options
+from gan.cli import add_batch_args, run_batch_job
 from gan.generate import generate
-from gan.ray_runtime import ensure_ray
-from gan.submission import assemble
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     add_batch_args(p)
     args = p.parse_args(argv)
-    opts = batch_options(args)
-    ensure_ray()
-    result = generate(args.count, args.seed, opts)
-    print(summary_line(result))
-    if args.zip:
-        z = assemble(opts.output, args.zip, args.min_images, args.max_images)
-        print(f"zip: {z['images']} images -> {z['zip']}")
-    return 0
+    return run_batch_job(args, lambda opts: generate(args.count, args.seed, opts))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stylize every photo under --input (folder, s3:// prefix, or TFRecords) into Monet-style 256x256 JPEGs.
+"""Stylize every photo under --input (folder, s3:// prefix, TFRecords or a zip) into Monet-style 256x256 JPEGs.
 
 python -m jobs.stylize --checkpoint G.pt --input photos/ --output out/ [--zip out/images.zip]
 """
@@ -7,26 +7,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gan.cli import add_batch_args, batch_options
-from gan.ray_runtime import ensure_ray
+from gan.cli import add_batch_args, run_batch_job
 from gan.stylize import stylize
-from gan.batch import summary_line
-from gan.submission import assemble
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a folder of .tfrec files")
+    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix, TFRecord folder, or .zip")
     add_batch_args(p)
     args = p.parse_args(argv)
-    opts = batch_options(args)
-    ensure_ray()
-    result = stylize(args.input, opts)
-    print(summary_line(result))
-    if args.zip:
-        z = assemble(opts.output, args.zip, args.min_images, args.max_images)
-        print(f"zip: {z['images']} images -> {z['zip']}")
-    return 0
+    return run_batch_job(args, lambda opts: stylize(args.input, opts))
 
 
 if __name__ == "__main__":

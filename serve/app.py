@@ -100,6 +100,8 @@ class GanServer:
             self.sampler, self.nz = sampler[1], int(sampler[0].config["nz"])
         else:
             self.sampler = None
+        if config.get("torch_threads"):
+            self.torch.set_num_threads(int(config["torch_threads"]))
         self.max_upload_bytes = int(config.get("max_upload_bytes", self.max_upload_bytes))
         self.stylize_batch.set_max_batch_size(int(config.get("max_batch_size", 8)))
         self.stylize_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
@@ -185,7 +187,7 @@ class GanServer:
     async def stats(self) -> dict:
         return {"batches": sum(self.batch_sizes.values()),
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "max_batch_seen": max(self.batch_sizes, default=0)}
+                "max_batch_seen": max(self.batch_sizes, default=0), "torch_threads": self.torch.get_num_threads()}
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:

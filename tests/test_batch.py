@@ -206,3 +206,27 @@ def test_zip_checks(tmp_path, bucket):
     with pytest.raises(SubmissionError, match="7.jpg: is PNG"):
         assemble(open_storage(str(folder)), str(tmp_path / "images.zip"), min_images=1)
     assert not list(tmp_path.glob("*.zip")) or not (tmp_path / "images.zip").exists()
+
+
+def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, capsys):
+    from jobs import assemble as assemble_job
+    from jobs import generate as generate_job
+    out = tmp_path / "gen"
+    assert generate_job.main(["--checkpoint", dcgan_ckpt, "--count", "5", "--output", str(out), "--no-progress",
+                              "--zip", str(tmp_path / "images.zip"), "--min-images", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "generate: 5 images (5 new, 0 already done)" in printed and "zip: 5 images" in printed
+    assert check_zip(str(tmp_path / "images.zip"), "images.zip", min_images=5, max_images=5) == 5
+    assert assemble_job.main(["--input", str(out), "--output", str(tmp_path / "strict.zip")]) == 2
+    assert "5 images, a submission needs 7000 to 10000" in capsys.readouterr().err
+    assert not (tmp_path / "strict.zip").exists()
+
+
+def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tmp_path):
+    photos = sorted((demo_data / "photo_jpg").glob("*.jpg"))[:6]
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in photos:
+            zf.writestr(f"batch1/{p.name}", p.read_bytes())
+    result = stylize(str(tmp_path / "photos.zip"), opts(cyclegan_ckpt, tmp_path / "out"))
+    assert result.report["counts"]["written"] == 6
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == sorted(p.name for p in photos)

@@ -1,0 +1,158 @@
+"""Stylize throughput: the Ray Data job vs a bare loop vs a plain DataLoader script, side by side in one run.
+
+python bench/stylize_throughput.py [--photos DIR] [--count 400] [--ngf 32] [--blocks 6] [--full]
+- bare loop: the same generator over pre-decoded tensors (no I/O), same threads, same batch size;
+- DataLoader script: read + decode in 1 loader worker, stylize, encode + write in the main process;
+- the job: jobs.stylize's engine (Ray Data: decode tasks -> actor pool -> encode/write tasks).
+--full also runs the whole 7,038-photo set with a small generator and prints seconds and the driver's peak RSS.
+On a CUDA machine, --gpu prints the full-size generator's images/s (bf16 + channels_last) per GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
+from gan.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
+from gan.images import decode_image, encode_jpeg, to_pixels, to_tensor  # noqa: E402
+
+KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gan-getting-started" / "photo_jpg"
+
+
+def make_checkpoint(path: Path, ngf: int, blocks: int) -> str:
+    torch.manual_seed(0)
+    g = ResnetGenerator(ngf, blocks)
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=ngf, n_blocks=blocks), g)))
+    return str(path)
+
+
+def bare_loop(files: list[Path], ckpt: str, batch: int, threads: int) -> float:
+    from gan.checkpoint import from_bytes
+    torch.set_num_threads(threads)
+    net = from_bytes(Path(ckpt).read_bytes()).build().to(memory_format=torch.channels_last)
+    x = to_tensor(np.stack([decode_image(f.read_bytes(), f.name) for f in files]))
+    with torch.inference_mode():
+        net(x[:batch].contiguous(memory_format=torch.channels_last))  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(x), batch):
+            net(x[i:i + batch].contiguous(memory_format=torch.channels_last))
+    return len(x) / (time.perf_counter() - t0)
+
+
+class Photos(torch.utils.data.Dataset):
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        f = self.files[i]
+        return to_tensor(decode_image(f.read_bytes(), f.name)), f.stem
+
+
+def dataloader_script(files: list[Path], ckpt: str, batch: int, threads: int, out: Path) -> float:
+    from gan.checkpoint import from_bytes
+    torch.set_num_threads(threads)
+    net = from_bytes(Path(ckpt).read_bytes()).build().to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(Photos(files), batch_size=batch, num_workers=1)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for x, names in loader:
+            y = to_pixels(net(x.contiguous(memory_format=torch.channels_last)))
+            for img, name in zip(y, names):
+                (out / f"{name}.jpg").write_bytes(encode_jpeg(img))
+    return len(files) / (time.perf_counter() - t0)
+
+
+def ray_job(src: Path, ckpt: str, batch: int, out: Path) -> tuple[float, float]:
+    from gan.batch import BatchOptions
+    from gan.storage import open_storage
+    from gan.stylize import stylize
+    t0 = time.perf_counter()
+    result = stylize(str(src), BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), batch_size=batch,
+                                            progress=False))
+    wall = time.perf_counter() - t0
+    return result.report["images_per_s"], wall
+
+
+def gpu_full_size(batch: int = 32, steps: int = 20) -> None:
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA device here; full-size bf16/channels_last images/s is measured on a GPU machine")
+        return
+    net = ResnetGenerator().cuda().eval().to(memory_format=torch.channels_last)
+    x = (torch.rand(batch, 3, 256, 256, device="cuda") * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        for _ in range(3):
+            net(x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            net(x)
+        torch.cuda.synchronize()
+    print(f"gpu: full-size generator, bf16 + channels_last, batch {batch}: "
+          f"{steps * batch / (time.perf_counter() - t0):.1f} images/s per GPU")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--photos", default=str(KAGGLE))
+    p.add_argument("--count", type=int, default=400)
+    p.add_argument("--ngf", type=int, default=32)
+    p.add_argument("--blocks", type=int, default=6)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--full", action="store_true", help="also the whole photo set with a small generator")
+    p.add_argument("--gpu", action="store_true")
+    args = p.parse_args()
+    import ray
+    from gan.ray_runtime import ensure_ray
+    cpus = os.cpu_count() or 2
+    threads = max(1, cpus - 1) if cpus > 2 else cpus  # what the job's CPU actor gets
+    files = sorted(Path(args.photos).glob("*.jpg"))[:args.count]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "in"
+        src.mkdir()
+        for f in files:
+            shutil.copyfile(f, src / f.name)
+        ckpt = make_checkpoint(tmp / "g.pt", args.ngf, args.blocks)
+        bare = bare_loop(files, ckpt, args.batch, threads)
+        dl = dataloader_script(files, ckpt, args.batch, threads, tmp / "dl")
+        ensure_ray()
+        job, wall = ray_job(src, ckpt, args.batch, tmp / "job")
+        print(f"{len(files)} photos, generator ngf={args.ngf} blocks={args.blocks}, batch {args.batch}, "
+              f"{threads} model threads on {cpus} cores")
+        print(f"bare loop (pre-decoded tensors) : {bare:.2f} images/s")
+        print(f"DataLoader script (1 worker)    : {dl:.2f} images/s  ({dl / bare:.3f} of bare)")
+        print(f"stylize job (Ray Data actors)   : {job:.2f} images/s  (job wall incl. planning {wall:.1f} s)")
+        print(f"ratio job/bare       : {job / bare:.3f} (target >= 0.9)")
+        print(f"ratio job/DataLoader : {job / dl:.3f} (target >= 0.95)")
+        if args.full:
+            all_files = Path(args.photos)
+            ckpt_small = make_checkpoint(tmp / "small.pt", 8, 1)
+            t0 = time.perf_counter()
+            n_ips, _ = ray_job(all_files, ckpt_small, 32, tmp / "full")
+            seconds = time.perf_counter() - t0
+            n = len(list((tmp / "full").glob("*.jpg")))
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"full set: {n} photos in {seconds:.1f} s ({n_ips:.1f} images/s in the pipeline), "
+                  f"generator ngf=8 blocks=1, driver peak RSS {peak:.0f} MiB")
+    ray.shutdown()
+    if args.gpu:
+        gpu_full_size()
+
+
+if __name__ == "__main__":
+    main()
