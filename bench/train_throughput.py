@@ -55,6 +55,7 @@ def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: i
     result = make_trainer(settings, "bench", storage).fit()
     total = time.perf_counter() - t0
     ray.shutdown()
+    print(f"(Ray worker torch threads: {result.metrics['torch_threads']})")
     return result.metrics["images_per_s"], total
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -223,9 +224,9 @@ def run_batch(job: str, plan: list[dict], input_storage: Storage | None, opts: B
     if not out.exists(MANIFEST) or out.read(MANIFEST) != manifest:
         out.write(MANIFEST, manifest)
     existing = set(out.list())
-    todo = [row for row in plan if row["out"] not in existing and not row["error"]]
-    skipped = sum(1 for row in plan if row["out"] in existing and not row["error"])
-    rejected = list(early_rejects) + [Rejected(r["name"], r["error"]) for r in plan if r["error"]]
+    todo = [row for row in plan if row["out"] not in existing]
+    skipped = len(plan) - len(todo)
+    rejected = list(early_rejects)
 
     start = time.monotonic()
     written = 0
@@ -256,6 +257,7 @@ def run_batch(job: str, plan: list[dict], input_storage: Storage | None, opts: B
         "counts": {"inputs": len(plan) + len(early_rejects), "outputs": written + skipped, "written": written,
                    "skipped_existing": skipped, "rejected": len(rejected)},
         "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 3) if seconds > 0 else None,
+        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
     }
     out.write(REPORT, json.dumps(report, indent=1).encode())

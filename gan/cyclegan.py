@@ -212,5 +212,5 @@ class CycleGANTrainer:
         for k in ("opt_g", "opt_d", "sched_g", "sched_d"):
             getattr(self, k).load_state_dict(state[k])
         if "pool_a" in state:
-            self.pool_a.load_state_dict(state["pool_a"])
-            self.pool_b.load_state_dict(state["pool_b"])
+            self.pool_a.load_state_dict(state["pool_a"], self.device)
+            self.pool_b.load_state_dict(state["pool_b"], self.device)

@@ -196,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
         trainer.end_epoch()
         metrics = {"epoch": epoch, "step": step, **{k: v / max(n_steps, 1) for k, v in sums.items()},
                    "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
-                   "lr": lr}
+                   "lr": lr, "torch_threads": torch.get_num_threads()}
         history.append(metrics)
         last = epoch == settings.epochs - 1
         if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):

@@ -81,7 +81,6 @@ class GanServer:
         self.nz = 100
         self.max_upload_bytes = 10 * 1024 * 1024
         self.batch_sizes: Counter[int] = Counter()
-        self.lock = asyncio.Lock()
         env = os.environ.get("GAN_CHECKPOINT")
         if env:
             self.reconfigure({"checkpoint": env, "dcgan_checkpoint": os.environ.get("GAN_DCGAN_CHECKPOINT")})
@@ -112,12 +111,15 @@ class GanServer:
     async def stylize_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Requests that arrive together go through the generator as one batch."""
         self.batch_sizes[len(images)] += 1
+        return list(await asyncio.to_thread(self._stylize, np.stack(images)))
+
+    def _stylize(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, 256, 256, 3) uint8 -> same; runs in a worker thread (inference/autocast modes are per thread)."""
         torch = self.torch
-        x = to_tensor(np.stack(images)).to(self.device)  # (B, 3, 256, 256)
+        x = to_tensor(pixels).to(self.device)  # (B, 3, 256, 256)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with torch.inference_mode(), autocast:
-            out = await asyncio.to_thread(self.stylizer, x)
-        return list(to_pixels(out))
+            return to_pixels(self.stylizer(x))
 
     def _samples(self, seed: int, count: int) -> np.ndarray:
         torch = self.torch

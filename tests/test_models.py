@@ -108,6 +108,9 @@ def test_image_pool_fills_then_mixes_history():
     x = torch.rand(20, 1, 1, 1)
     assert torch.equal(pool.query(x), p2.query(x))
     assert torch.equal(ImagePool(size=0).query(x), x)
+    p3 = ImagePool(size=3)
+    p3.load_state_dict(state, device="meta")  # restored onto the trainer's device (cuda after a GPU resume)
+    assert all(img.device.type == "meta" for img in p3.images)
 
 
 def test_diffaugment_keeps_shape_and_gradient():
