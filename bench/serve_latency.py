@@ -98,6 +98,11 @@ def main() -> None:
         lat1, rps1 = load(url, photo, 1, args.requests)
         lat16, rps16 = load(url, photo, 16, args.requests * 4)
         stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats").read())
+        floor = []
+        for _ in range(args.requests):  # Serve's HTTP path with no model: proxy -> replica -> back
+            t0 = time.perf_counter()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read()
+            floor.append(time.perf_counter() - t0)
         serve.shutdown()
         ray.shutdown()
     ms = lambda a, q: np.percentile(a, q) * 1000  # noqa: E731
@@ -105,6 +110,7 @@ def main() -> None:
     print(f"bare: batch-1 decode+forward+encode {single * 1000:.1f} ms; batched forward {batched:.2f} images/s")
     print(f" 1 client : p50 {ms(lat1, 50):.1f} ms, p99 {ms(lat1, 99):.1f} ms, {rps1:.2f} req/s")
     print(f"16 clients: p50 {ms(lat16, 50):.1f} ms, p99 {ms(lat16, 99):.1f} ms, {rps16:.2f} req/s")
+    print(f"GET /healthz (no model) p50 {np.median(floor) * 1000:.1f} ms: the HTTP path's own floor here")
     print(f"replica batches: {stats['batch_sizes']} (torch threads {stats['torch_threads']})")
     print(f"ratio 16-client req/s / bare batched images/s: {rps16 / batched:.3f} (target >= 0.7)")
     print(f"1-client p50 - bare batch-1 time: {ms(lat1, 50) - single * 1000:.1f} ms (target <= 30 ms)")
