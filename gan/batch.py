@@ -14,19 +14,19 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from gan.checkpoint import from_bytes
-from gan.images import BadImageError, decode_image, encode_jpeg, to_pixels, to_tensor
+from gan.images import BadImageError, decode_image, encode_jpeg
+from gan.inference import SUBMISSION_SIZE, sample_pixels, stylize_pixels
 from gan.sources import InputItem, Rejected, read_input
 from gan.storage import Storage, StorageError, read_uri
 
 REPORT = "_report.json"
 MANIFEST = "_manifest.json"
 OUTPUT_SUFFIX = ".jpg"
-SUBMISSION_SIZE = 256
 CRASH_ONCE_ENV = "GAN_FAULT_CRASH_ONCE"  # test hook: path of a marker; the first actor batch exits the process
 
 
@@ -46,7 +46,13 @@ class BatchOptions:
 class JobResult:
     report: dict
     skipped_run: bool = False   # True when a finished job was rerun and did nothing
-    rejected: list[Rejected] = field(default_factory=list)
+
+
+def plan_row(name: str, out: str, index: int, item: InputItem | None = None) -> dict:
+    """One row of a batch plan: where to read (for inputs), where to write, the image's index, no error yet."""
+    return {"name": name, "out": out, "index": index, "key": item.key if item else "",
+            "offset": item.offset if item else 0, "length": item.length if item else -1,
+            "container": item.container if item else "", "error": ""}
 
 
 # --- stages (run in Ray tasks and actors) ---------------------------------------------------------
@@ -85,11 +91,11 @@ class GeneratorActor:
         import torch
         if threads:
             torch.set_num_threads(threads)
-        self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.ckpt = from_bytes(read_uri(checkpoint), checkpoint)
         self.net = self.ckpt.build(self.device)
-        if channels_last and self.ckpt.kind == "cyclegan":
+        self.channels_last = channels_last and self.ckpt.kind == "cyclegan"
+        if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.seed, self.crash_once_marker = seed, crash_once_marker
 
@@ -101,30 +107,14 @@ class GeneratorActor:
 
     def __call__(self, batch: dict) -> dict:
         self._maybe_crash()
-        torch = self.torch
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with torch.inference_mode(), autocast:
-            if self.ckpt.kind == "cyclegan":
-                ok = np.array([not e for e in batch["error"]], bool)
-                out = batch["pixels"].copy()
-                if ok.any():
-                    x = to_tensor(batch["pixels"][ok]).to(self.device, memory_format=torch.channels_last)
-                    out[ok] = to_pixels(self.net(x))
-            else:
-                z = torch.stack([noise(self.seed, int(i), self.ckpt.config["nz"]) for i in batch["index"]])
-                images = self.net(z.to(self.device)).float()  # (B, 3, s, s)
-                if images.shape[-1] != SUBMISSION_SIZE:
-                    images = torch.nn.functional.interpolate(images, size=SUBMISSION_SIZE, mode="bicubic",
-                                                             align_corners=False)
-                out = to_pixels(images)
+        if self.ckpt.kind == "cyclegan":
+            ok = np.array([not e for e in batch["error"]], bool)
+            out = batch["pixels"].copy()
+            if ok.any():
+                out[ok] = stylize_pixels(self.net, batch["pixels"][ok], self.device, self.channels_last)
+        else:
+            out = sample_pixels(self.net, self.seed, batch["index"], self.ckpt.config["nz"], self.device)
         return {"name": batch["name"], "out": batch["out"], "pixels": out, "error": batch["error"]}
-
-
-def noise(seed: int, index: int, nz: int):
-    """The latent of image `index`: depends on (seed, index) alone, so any sharding gives the same images."""
-    import torch
-    rng = np.random.default_rng([seed, index])
-    return torch.from_numpy(rng.standard_normal(nz).astype(np.float32))
 
 
 class WriteStage:
@@ -261,7 +251,7 @@ def run_batch(job: str, plan: list[dict], input_storage: Storage | None, opts: B
         "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
     }
     out.write(REPORT, json.dumps(report, indent=1).encode())
-    return JobResult(report, rejected=rejected)
+    return JobResult(report)
 
 
 def summary_line(result: JobResult) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gan.batch import DecodeStage, Progress
+from gan.batch import DecodeStage, Progress, plan_row
 from gan.features import make_extractor
 from gan.images import decode_image, to_tensor
 from gan.metrics import mifid
@@ -48,7 +48,6 @@ class FeatureActor:
     def __call__(self, batch: dict) -> dict:
         from gan.features import extract
         ok = np.array([not e for e in batch["error"]], bool)
-        feats = None
         if ok.any():
             f = extract(self.extractor, batch["pixels"][ok])
             feats = np.zeros((len(ok), f.shape[1]), np.float32)
@@ -63,8 +62,7 @@ def features_of(uri: str, opts: EvalOptions, label: str) -> tuple[list[str], np.
     import ray
     items, rejected, storage = scan_uri(uri)
     strict = is_zip(uri)
-    rows = [{"name": i.name, "out": "", "key": i.key, "offset": i.offset, "length": i.length, "container": i.container,
-             "index": n, "error": ""} for n, i in enumerate(items)]
+    rows = [plan_row(i.name, "", n, i) for n, i in enumerate(items)]
     cpus = opts.cpus_per_actor or max(1.0, (ray.cluster_resources().get("CPU", 2) - 1) / opts.actors)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // opts.batch_size, 200)))
     ds = ds.map_batches(DecodeStage(storage, SIZE, check_submission_image if strict else None),

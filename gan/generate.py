@@ -1,15 +1,14 @@
 """Draw N images from a DCGAN generator: image i depends only on (seed, i), whatever the sharding."""
 from __future__ import annotations
 
-from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
+from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, plan_row, run_batch
 
 
 def plan_generate(count: int) -> list[dict]:
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
     width = max(5, len(str(count - 1)))
-    return [{"name": f"sample {i}", "out": f"{i:0{width}d}{OUTPUT_SUFFIX}", "key": "", "offset": 0, "length": -1,
-             "container": "", "index": i, "error": ""} for i in range(count)]
+    return [plan_row(f"sample {i}", f"{i:0{width}d}{OUTPUT_SUFFIX}", i) for i in range(count)]
 
 
 def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:

@@ -1,7 +1,7 @@
 """Stylize every photo under an input URI with a CycleGAN generator: plan the work, then run it on Ray."""
 from __future__ import annotations
 
-from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
+from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, plan_row, run_batch
 from gan.naming import output_names
 from gan.sources import scan_uri
 
@@ -10,8 +10,7 @@ def plan_stylize(input_uri: str) -> tuple[list[dict], list, object]:
     """(rows, early rejects, input storage): one row per input image, its output name fixed up front."""
     items, rejected, storage = scan_uri(input_uri)
     names = output_names([i.name for i in items], OUTPUT_SUFFIX)
-    rows = [{"name": i.name, "out": names[i.name], "key": i.key, "offset": i.offset, "length": i.length,
-             "container": i.container, "index": n, "error": ""} for n, i in enumerate(items)]
+    rows = [plan_row(i.name, names[i.name], n, i) for n, i in enumerate(items)]
     return rows, rejected, storage
 
 

@@ -20,14 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from gan.batch import noise
-from gan.checkpoint import CheckpointError, from_bytes
-from gan.images import BadImageError, decode_image, encode_jpeg, to_pixels, to_tensor
+from gan.checkpoint import from_bytes
+from gan.images import BadImageError, decode_image, encode_jpeg
+from gan.inference import SUBMISSION_SIZE, sample_pixels, stylize_pixels
 from gan.storage import read_uri
 from serve.page import PAGE
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/jpg")
-SIZE = 256
 MAX_COUNT = 64
 
 api = FastAPI(title="gan-art", docs_url=None, redoc_url=None)
@@ -111,24 +110,7 @@ class GanServer:
     async def stylize_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Requests that arrive together go through the generator as one batch."""
         self.batch_sizes[len(images)] += 1
-        return list(await asyncio.to_thread(self._stylize, np.stack(images)))
-
-    def _stylize(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, 256, 256, 3) uint8 -> same; runs in a worker thread (inference/autocast modes are per thread)."""
-        torch = self.torch
-        x = to_tensor(pixels).to(self.device)  # (B, 3, 256, 256)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with torch.inference_mode(), autocast:
-            return to_pixels(self.stylizer(x))
-
-    def _samples(self, seed: int, count: int) -> np.ndarray:
-        torch = self.torch
-        z = torch.stack([noise(seed, i, self.nz) for i in range(count)]).to(self.device)
-        with torch.inference_mode():
-            images = self.sampler(z).float()
-            if images.shape[-1] != SIZE:
-                images = torch.nn.functional.interpolate(images, size=SIZE, mode="bicubic", align_corners=False)
-        return to_pixels(images)
+        return list(await asyncio.to_thread(stylize_pixels, self.stylizer, np.stack(images), self.device))
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -160,7 +142,7 @@ class GanServer:
             raise HTTPError(503, "no CycleGAN checkpoint is configured")
         data, name = await self._read_upload(request)
         try:
-            pixels = decode_image(data, name, SIZE)
+            pixels = decode_image(data, name, SUBMISSION_SIZE)
         except BadImageError as e:
             raise HTTPError(400, e.reason) from None
         out = await self.stylize_batch(pixels)
@@ -172,7 +154,7 @@ class GanServer:
             raise HTTPError(503, "no DCGAN checkpoint is configured")
         if not 1 <= count <= MAX_COUNT:
             raise HTTPError(400, f"count must be 1 to {MAX_COUNT}")
-        images = await asyncio.to_thread(self._samples, seed, count)
+        images = await asyncio.to_thread(sample_pixels, self.sampler, seed, range(count), self.nz, self.device)
         if count == 1:
             return Response(encode_jpeg(images[0]), media_type="image/jpeg")
         buf = io.BytesIO()
