@@ -55,8 +55,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
             continue
         (model_cfg if k in MODEL_FLAGS else values)[k] = v
     if args.data:
-        values.setdefault("photos", str(Path(args.data) / "photo_jpg") if "://" not in args.data else args.data.rstrip("/") + "/photo_jpg")
-        values.setdefault("paintings", str(Path(args.data) / "monet_jpg") if "://" not in args.data else args.data.rstrip("/") + "/monet_jpg")
+        root = args.data.rstrip("/")  # a local folder or an s3:// prefix: both join with "/"
+        values.setdefault("photos", f"{root}/photo_jpg")
+        values.setdefault("paintings", f"{root}/monet_jpg")
     known = set(TrainSettings.__dataclass_fields__)
     unknown = set(values) - known
     if unknown:

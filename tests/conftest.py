@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT.parent / "shared" / "data" / "gan-getting-started"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -21,7 +21,7 @@ def _free_port() -> int:
 def s3_endpoint():
     """A real S3 HTTP endpoint; code reaches it only through AWS_ENDPOINT_URL, like MinIO or R2."""
     from moto.server import ThreadedMotoServer
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"

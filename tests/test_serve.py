@@ -2,7 +2,6 @@
 import concurrent.futures as cf
 import io
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,14 +16,8 @@ from PIL import Image
 from gan.checkpoint import generator_checkpoint, to_bytes
 from gan.cyclegan import CycleGANConfig, ResnetGenerator
 from gan.dcgan import DCGANConfig, DCGANGenerator
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.helpers import bomb_png, image_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ckpt(path, seed: int) -> str:
@@ -47,7 +40,7 @@ def server(ray_cluster, tmp_path_factory):
     (d / "d.pt").write_bytes(to_bytes(generator_checkpoint("dcgan", cfg, g)))
     user_config = {"checkpoint": _ckpt(d / "g1.pt", 1), "dcgan_checkpoint": str(d / "d.pt"),
                    "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_upload_bytes": 2_000_000}
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(GanServer.options(user_config=user_config).bind(), name="gan", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
