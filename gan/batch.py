@@ -22,6 +22,7 @@ from gan.checkpoint import from_bytes
 from gan.images import BadImageError, decode_image, encode_jpeg
 from gan.inference import SUBMISSION_SIZE, sample_pixels, stylize_pixels
 from gan.sources import InputItem, Rejected, read_input
+from gan.ray_runtime import ensure_ray
 from gan.storage import Storage, StorageError, read_uri
 
 REPORT = "_report.json"
@@ -221,6 +222,7 @@ def run_batch(job: str, plan: list[dict], input_storage: Storage | None, opts: B
     start = time.monotonic()
     written = 0
     if todo:
+        ensure_ray()
         actors, cpus, gpus = cluster_plan(opts)
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // opts.batch_size, 200)))
         if job == "stylize":

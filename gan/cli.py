@@ -1,18 +1,59 @@
-"""Command-line pieces shared by the batch jobs (stylize, generate, assemble)."""
+"""Command-line pieces shared by the jobs: locations, --verbose, one-line errors and exit codes, batch flags."""
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
 from typing import Callable
 
 from gan.batch import BatchOptions, JobResult, summary_line
-from gan.ray_runtime import ensure_ray
-from gan.storage import open_storage
+from gan.ray_runtime import is_verbose, set_verbose
+from gan.storage import StorageError, open_storage, resolve_uri
 from gan.submission import MAX_IMAGES, MIN_IMAGES, assemble
+
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+
+
+def location(value: str) -> str:
+    """argparse type for every file or folder flag: resolved once, here in the driver (`resolve_uri`)."""
+    try:
+        return resolve_uri(value)
+    except StorageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own logs and workers' output, and tracebacks with errors")
+    return p
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a job's main: errors become one line on stderr (traceback only with --verbose).
+
+    Exit 2 for what a retry cannot fix (bad data, settings, a missing file, a wrong checkpoint), 1 otherwise.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    set_verbose("--verbose" in args)
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns any error into a line and an exit code
+        if is_verbose():
+            traceback.print_exc()
+        bad_input = isinstance(e, (ValueError, StorageError, FileNotFoundError))
+        hint = "" if is_verbose() else " (--verbose shows the traceback)"
+        print(f"error: {e}" + ("" if bad_input else f" [{type(e).__name__}]{hint}"), file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint: local path or s3://bucket/key")
-    p.add_argument("--output", required=True, help="output folder or s3://bucket/prefix for the JPEGs and the report")
+    p.add_argument("--checkpoint", required=True, type=location, help="generator checkpoint: local path or s3://bucket/key")
+    p.add_argument("--output", required=True, type=location,
+                   help="output folder or s3://bucket/prefix for the JPEGs and the report")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")
     p.add_argument("--cpus-per-actor", type=float, default=None)
@@ -22,7 +63,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_zip_args(p: argparse.ArgumentParser, flag: str) -> None:
-    p.add_argument(flag, dest="zip", default=None, required=flag == "--output",
+    p.add_argument(flag, dest="zip", default=None, required=flag == "--output", type=location,
                    help="submission zip to write, e.g. out/images.zip or s3://bucket/images.zip")
     p.add_argument("--min-images", type=int, default=MIN_IMAGES)
     p.add_argument("--max-images", type=int, default=MAX_IMAGES)
@@ -35,9 +76,9 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 
 def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:
-    """Start or join Ray, run the job, print its summary line, and assemble the zip when --zip is given."""
+    """Run the job (it starts or joins Ray once its inputs are checked), print its summary line, and assemble
+    the zip when --zip is given."""
     opts = batch_options(args)
-    ensure_ray()
     print(summary_line(job(opts)))
     if args.zip:
         z = assemble(opts.output, args.zip, args.min_images, args.max_images)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from gan.images import encode_jpeg
-from gan.storage import LocalStorage
+from gan.storage import open_storage
 from gan.tfrecord import write_image_examples
 
 SIZE = 256
@@ -73,7 +73,7 @@ def _name(rng: np.random.Generator) -> str:
 
 def write_demo_data(out: str | Path, photos: int, paintings: int, seed: int = 0) -> dict[str, int]:
     """Write monet_jpg/, photo_jpg/, monet_tfrec/, photo_tfrec/ under `out`; returns counts per folder."""
-    storage = LocalStorage(str(out))
+    storage = open_storage(str(out))  # a local folder or an s3:// prefix
     rng = np.random.default_rng(seed)
     counts = {}
     for domain, count, make in (("photo", photos, make_photo), ("monet", paintings, make_painting)):

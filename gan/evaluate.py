@@ -17,6 +17,7 @@ from gan.features import make_extractor
 from gan.images import decode_image, to_tensor
 from gan.metrics import mifid
 from gan.naming import safe_stem
+from gan.ray_runtime import ensure_ray
 from gan.samples import grid_png
 from gan.sources import Rejected, is_zip, read_input, scan_uri
 from gan.storage import Storage, open_storage, split_uri
@@ -61,6 +62,7 @@ def features_of(uri: str, opts: EvalOptions, label: str) -> tuple[list[str], np.
     """(names, (N, D) features, rejected) of every image at `uri`, computed across Ray actors."""
     import ray
     items, rejected, storage = scan_uri(uri)
+    ensure_ray()
     strict = is_zip(uri)
     rows = [plan_row(i.name, "", n, i) for n, i in enumerate(items)]
     cpus = opts.cpus_per_actor or max(1.0, (ray.cluster_resources().get("CPU", 2) - 1) / opts.actors)

@@ -1,7 +1,32 @@
-"""Connecting a job to Ray: the cluster in RAY_ADDRESS (`ray job submit`), else an embedded local one."""
+"""Connecting a job to Ray: the cluster in RAY_ADDRESS (`ray job submit`), else an embedded local one.
+
+By default the user's terminal shows our own lines only: Ray's logs, its actors' and workers' output
+(controller chatter, placement-group cleaners, token notices) and Ray Data's progress bars stay in Ray's
+log files (`/tmp/ray/session_latest/logs`). `--verbose` brings all of it back.
+"""
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import tempfile
+
+_verbose = False
+NATIVE_LOG = os.path.join(tempfile.gettempdir(), "gan-art-ray-native.log")
+
+
+def set_verbose(verbose: bool) -> None:
+    """Choose, before Ray starts, whether Ray's own output reaches the terminal."""
+    global _verbose
+    _verbose = verbose
+    if not verbose:
+        # Ray's driver-side loggers (token set-up, "Started a local Ray instance", Train/Data tips).
+        for name in ("ray", "ray.train", "ray.data", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def is_verbose() -> bool:
+    return _verbose
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -13,7 +38,28 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
     if ray.is_initialized():
         return
+    quiet = {} if _verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+    if not _verbose:
+        _native_stderr_to_file()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=False)
+        ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=False, **quiet)
+    if not _verbose:
+        import ray.data
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours are drawn by the driver
+        set_verbose(False)  # ray.init configures Ray's loggers again
+
+
+def _native_stderr_to_file() -> None:
+    """Send what Ray's C++ core writes straight to file descriptor 2 (its own error notices) to NATIVE_LOG,
+    while Python's sys.stderr (our errors and progress bars) keeps the terminal."""
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        log = os.open(NATIVE_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
+        sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    except (OSError, AttributeError, ValueError):  # no real fd 2 (embedded, captured): leave stderr as it is
+        pass

@@ -235,11 +235,25 @@ def open_storage(uri: str) -> LocalStorage | S3Storage:
         if len(parsed.netloc) < 3:
             raise StorageError(f"{uri}: S3 bucket name must have at least 3 characters")
         return S3Storage(parsed.netloc, parsed.path.strip("/"))
+    return LocalStorage(resolve_uri(uri))
+
+
+def resolve_uri(uri: str) -> str:
+    """A URI that means the same in every process: `s3://` unchanged, a local path (or `file://`) made absolute.
+
+    Called once, in the driver, on every location a user gives (flags and config files) before anything is sent
+    to a Ray worker or actor: those run in other directories (Ray Train workers in the session's artifacts
+    folder), where a relative path would name another place. Under `ray job submit --working-dir .` the
+    driver's directory is the uploaded project, so relative paths mean "inside the submitted project".
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return uri
     if parsed.scheme == "file":
-        return LocalStorage(parsed.path)
-    if parsed.scheme and len(parsed.scheme) > 1:  # a Windows drive letter is not a scheme
+        uri = parsed.path
+    elif parsed.scheme and len(parsed.scheme) > 1:
         raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a local path or s3://bucket/prefix")
-    return LocalStorage(os.path.abspath(uri))
+    return os.path.abspath(os.path.expanduser(uri))
 
 
 def split_uri(uri: str) -> tuple[LocalStorage | S3Storage, str]:

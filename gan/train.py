@@ -12,25 +12,35 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from ray.train import UserCallback
 
-from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer
 from gan.data import DataError, ImageDataset, UnpairedDataset, load_encoded_images
 from gan.dcgan import DCGANConfig, DCGANTrainer
 from gan.images import BadImageError, decode_image, to_tensor
 from gan.samples import noise_grid, stylize_grid
 from gan.sources import read_input, scan_inputs
-from gan.storage import StorageError, open_storage
+from gan.storage import StorageError, open_storage, resolve_uri
 
 STATE_FILE, GENERATOR_FILE, SAMPLES_FILE, HISTORY_FILE = "state.pt", "generator.pt", "samples.png", "history.json"
-FAULT_ENV = "GAN_FAULT_KILL_WORKER"  # test hook: "RANK:EPOCH:MARKER" makes that rank exit mid-epoch, once
+
+# A callable (event, rank, epoch) that tests pass in to inject faults from the outside; events are "setup"
+# (before data and models are built) and "mid_epoch" (once per epoch, halfway). Production passes none.
+LoopHook = Callable[[str, int, int], None]
+
+
+class TrainingError(ValueError):
+    """Training stopped for a reason that a retry cannot fix (bad data, settings or checkpoint); one line."""
 
 
 @dataclass
@@ -51,16 +61,24 @@ class TrainSettings:
     sample_count: int = 4
     steps_per_epoch: int | None = None      # cap, for quick runs
     model_config: dict = field(default_factory=dict)  # CycleGANConfig / DCGANConfig fields
-    fault: str | None = None
+
+    PATH_FIELDS = ("photos", "paintings")
+
+    def resolved(self) -> "TrainSettings":
+        """These settings with every local data path made absolute (see `gan.storage.resolve_uri`)."""
+        return replace(self, **{f: resolve_uri(getattr(self, f)) for f in self.PATH_FIELDS if getattr(self, f)})
 
     def build_model_config(self) -> CycleGANConfig | DCGANConfig:
-        if self.model == "cyclegan":
-            cfg = dict(self.model_config)
-            cfg.setdefault("epochs", self.epochs)
-            cfg.setdefault("decay_epochs", self.epochs // 2)
-            return CycleGANConfig(**cfg)
-        if self.model == "dcgan":
-            return DCGANConfig(**self.model_config)
+        try:
+            if self.model == "cyclegan":
+                cfg = dict(self.model_config)
+                cfg.setdefault("epochs", self.epochs)
+                cfg.setdefault("decay_epochs", self.epochs // 2)
+                return CycleGANConfig(**cfg)
+            if self.model == "dcgan":
+                return DCGANConfig(**self.model_config)
+        except TypeError as e:  # an unknown or misspelt model setting
+            raise ValueError(f"{self.model} model settings: {e}") from None
         raise ValueError(f"--model must be cyclegan or dcgan, got {self.model!r}")
 
 
@@ -92,7 +110,7 @@ def _storage_args(storage: str) -> dict:
     """RunConfig storage arguments; S3 goes through pyarrow with the endpoint from AWS_ENDPOINT_URL."""
     parsed = urlparse(storage)
     if parsed.scheme != "s3":
-        return {"storage_path": os.path.abspath(storage)}
+        return {"storage_path": resolve_uri(storage)}
     import pyarrow.fs
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {}
@@ -105,45 +123,127 @@ def _storage_args(storage: str) -> dict:
     return {"storage_path": f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), "storage_filesystem": fs}
 
 
-def make_trainer(settings: TrainSettings, name: str, storage: str):
+class EpochLines(UserCallback):
+    """Runs in Ray Train's controller and sends each epoch's metrics to the driver through a queue.
+
+    Workers' and the controller's own output stays in Ray's logs unless --verbose; this is how the
+    driver still prints one line per epoch.
+    """
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put({**metrics[0], "checkpoint": checkpoint is not None})
+
+
+def check_settings(settings: TrainSettings) -> TrainSettings:
+    """Settings with absolute paths, after checking sizes and data here, in the driver, before Ray starts."""
+    settings = settings.resolved()
+    settings.build_model_config()
+    validate_data(settings)
+    return settings
+
+
+def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
+                 callbacks: list | None = None):
+    """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    settings.build_model_config()  # bad sizes fail here, in the driver
-    validate_data(settings)
-    settings.fault = settings.fault or os.environ.get(FAULT_ENV)
     res = {"CPU": settings.cpus_per_worker}
     if settings.use_gpu:
         res["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(settings),
+        train_loop_config={"settings": asdict(settings), "hook": hook},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                                resources_per_worker=res),
         run_config=ray.train.RunConfig(
-            name=name, **_storage_args(storage),
+            name=name, **_storage_args(storage), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints)),
     )
 
 
+def epoch_line(m: dict, epochs: int) -> str:
+    losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
+    saved = ", checkpoint saved" if m.get("checkpoint") else ""
+    return (f"train: epoch {m['epoch'] + 1}/{epochs}  {losses}  {m['images_per_s']:.1f} images/s, "
+            f"{m['seconds']:.1f} s{saved}")
+
+
+def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
+                 echo: Callable[[str], None] = print):
+    """Check, start or join Ray, train (resuming a run of the same name), print a line per epoch; the Result.
+
+    Raises TrainingError at once for what no retry can fix; only worker deaths spend --max-failures.
+    """
+    import ray.train
+    from ray.util.queue import Empty, Queue
+
+    from gan.ray_runtime import ensure_ray
+    settings = check_settings(settings)
+    ensure_ray()
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)])
+    done = threading.Event()
+
+    def pump() -> None:
+        while not (done.is_set() and queue.empty()):
+            try:
+                echo(epoch_line(queue.get(timeout=0.2), settings.epochs))
+            except Empty:
+                continue
+
+    printer = threading.Thread(target=pump, daemon=True)
+    printer.start()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise RuntimeError(f"training failed after {settings.max_failures + 1} attempts: "
+                           f"{_last_line(str(e))}") from e
+    finally:
+        done.set()
+        printer.join(timeout=5)
+        ray.kill(queue.actor)
+    if isinstance(result.return_value, dict) and result.return_value.get("error"):
+        raise TrainingError(result.return_value["error"])
+    return result
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else text
+
+
+def load_state(path: Path) -> dict:
+    """A training state as saved by any device, loaded to CPU.
+
+    Models and optimizers move to the worker's device when loaded into it; RNG states stay CPU ByteTensors
+    (`map_location=<cuda>` would move them and `set_state` would then refuse them).
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 # --- per worker -----------------------------------------------------------------------------------
 
-def _maybe_fail(fault: str | None, rank: int, epoch: int) -> None:
-    if not fault:
-        return
-    f_rank, f_epoch, marker = fault.split(":", 2)
-    if int(f_rank) == rank and int(f_epoch) == epoch and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)  # a worker process dying mid-epoch, as on a lost node
+@dataclass
+class _Run:
+    """Everything one worker trains with, built by `_setup`."""
+    trainer: object
+    loader: torch.utils.data.DataLoader
+    fixed: torch.Tensor             # sample-grid inputs: photos (CycleGAN) or latents (DCGAN)
+    model_cfg: object
+    start_epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
 
 
-def train_loop_per_worker(config: dict) -> None:
+def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
     import ray.train
     import ray.train.torch as rt
-
-    settings = TrainSettings(**config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if hook:
+        hook("setup", rank, 0)
     device = rt.get_device()
     model_cfg = settings.build_model_config()
     ddp_kwargs = {"broadcast_buffers": False} if settings.model == "dcgan" else None  # BatchNorm: see notes
@@ -160,21 +260,59 @@ def train_loop_per_worker(config: dict) -> None:
         trainer = DCGANTrainer(model_cfg, device, wrap, seed=settings.seed)
         dataset = ImageDataset(paintings, size, jitter=False)
         fixed = torch.from_numpy(np.random.default_rng(settings.seed).standard_normal((16, model_cfg.nz))).float()
-
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True,
                                          num_workers=settings.loader_workers)
-    loader = rt.prepare_data_loader(loader)
+    run = _Run(trainer, rt.prepare_data_loader(loader), fixed, model_cfg)
 
-    start_epoch, step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-            history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        trainer.load_state_dict(state["trainer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+            state = load_state(Path(d) / STATE_FILE)
+            run.history = json.loads((Path(d) / HISTORY_FILE).read_text())
+            exported = from_bytes((Path(d) / GENERATOR_FILE).read_bytes(), f"checkpoint {checkpoint.path}")
+        if exported.kind != settings.model:
+            raise TrainingError(f"run checkpoint {checkpoint.path} is a {exported.kind} run; this run trains "
+                                f"{settings.model}: use another --name or --storage")
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (KeyError, RuntimeError) as e:
+            raise TrainingError(f"run checkpoint {checkpoint.path} does not fit these model sizes "
+                                f"({str(e).splitlines()[0][:200]}): use the run's sizes or another --name") from None
+        run.start_epoch, run.step = state["epoch"] + 1, state["step"]
+    return run
 
-    for epoch in range(start_epoch, settings.epochs):
+
+def _setup_errors(error: str, world: int) -> str:
+    """The first setup error of any rank, known to every rank (so all stop together, before any barrier)."""
+    if world == 1 or not torch.distributed.is_initialized():
+        return error
+    errors: list = [None] * world
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e), "")
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Prepare data and models, then loop: train an epoch, report metrics (and a checkpoint every K epochs).
+
+    Returns {"error": line} instead of raising when setup meets what no retry can fix, so Ray Train does
+    not restart the workers for it; the driver raises it as a TrainingError.
+    """
+    import ray.train
+
+    settings, hook = TrainSettings(**config["settings"]), config.get("hook")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    error, run = "", None
+    try:
+        run = _setup(settings, hook, rank)
+    except ValueError as e:  # bad data, sizes or checkpoint: the same on every attempt
+        error = str(e)
+    error = _setup_errors(error, world)
+    if error:
+        return {"error": error}
+
+    trainer, loader, step = run.trainer, run.loader, run.step
+    for epoch in range(run.start_epoch, settings.epochs):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
@@ -184,8 +322,8 @@ def train_loop_per_worker(config: dict) -> None:
         for i, batch in enumerate(loader):
             if i >= n_steps:
                 break
-            if i == n_steps // 2:
-                _maybe_fail(settings.fault, rank, epoch)
+            if hook and i == n_steps // 2:
+                hook("mid_epoch", rank, epoch)
             losses = trainer.step(*batch) if settings.model == "cyclegan" else trainer.step(batch)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -197,18 +335,19 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "step": step, **{k: v / max(n_steps, 1) for k, v in sums.items()},
                    "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
                    "lr": lr, "torch_threads": torch.get_num_threads()}
-        history.append(metrics)
+        run.history.append(metrics)
         last = epoch == settings.epochs - 1
         if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "step": step}, Path(tmp) / STATE_FILE)
-                exported = generator_checkpoint(settings.model, model_cfg, trainer.generator, epoch, step)
+                exported = generator_checkpoint(settings.model, run.model_cfg, trainer.generator, epoch, step)
                 (Path(tmp) / GENERATOR_FILE).write_bytes(to_bytes(exported))
-                grid = (stylize_grid(trainer.generator, fixed) if settings.model == "cyclegan"
-                        else noise_grid(trainer.generator, fixed))
+                grid = (stylize_grid(trainer.generator, run.fixed) if settings.model == "cyclegan"
+                        else noise_grid(trainer.generator, run.fixed))
                 (Path(tmp) / SAMPLES_FILE).write_bytes(grid)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:05d}")
         else:
             ray.train.report(metrics)
+    return None

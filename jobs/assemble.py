@@ -4,27 +4,22 @@ python -m jobs.assemble --input out/ --output out/images.zip
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from gan.cli import add_zip_args
+from gan.cli import add_zip_args, location, parser, run_main
 from gan.storage import open_storage
-from gan.submission import SubmissionError, assemble
+from gan.submission import assemble
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder or s3://bucket/prefix holding the JPEGs")
+    p = parser(__doc__)
+    p.add_argument("--input", required=True, type=location, help="folder or s3://bucket/prefix holding the JPEGs")
     add_zip_args(p, flag="--output")
     args = p.parse_args(argv)
-    try:
-        z = assemble(open_storage(args.input), args.zip, args.min_images, args.max_images)
-    except SubmissionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    z = assemble(open_storage(args.input), args.zip, args.min_images, args.max_images)
     print(f"zip: {z['images']} images, {z['bytes']} bytes -> {z['zip']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -4,15 +4,14 @@ python -m jobs.generate --checkpoint D.pt --count 7000 --seed 0 --output out/ [-
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from gan.cli import add_batch_args, run_batch_job
+from gan.cli import add_batch_args, parser, run_batch_job, run_main
 from gan.generate import generate
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     add_batch_args(p)
@@ -21,4 +20,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -2,30 +2,50 @@
 
 python -m jobs.pipeline --workdir demo                      # synthetic data, small model, a few minutes on a laptop
 python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started --epochs 30 --ngf 64 --n-blocks 9
-Rerunning continues: training resumes from its last checkpoint, finished stylization and zip are not redone.
+Relative paths are relative to the current directory. Rerunning continues: training resumes from its last
+checkpoint, finished stylization and zip are not redone.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+import time
 from pathlib import Path
 
 from gan.batch import BatchOptions, summary_line
+from gan.cli import location, parser, run_main
 from gan.demo_data import write_demo_data
 from gan.evaluate import EvalOptions, evaluate
 from gan.evaluate import summary_line as eval_line
 from gan.features import MissingWeightsError, find_inception
-from gan.ray_runtime import ensure_ray
 from gan.storage import open_storage, write_uri
 from gan.stylize import stylize
 from gan.submission import MAX_IMAGES, MIN_IMAGES, assemble
-from gan.train import GENERATOR_FILE, TrainSettings, make_trainer
+from gan.train import GENERATOR_FILE, TrainSettings, run_training
+
+STAGES = 5
+
+
+class Stage:
+    """Prints `pipeline: [k/5] what -> where` when a stage starts and its time when it ends."""
+
+    def __init__(self, index: int, what: str, where: str):
+        self.index, self.what, self.where = index, what, where
+
+    def __enter__(self) -> "Stage":
+        self.start = time.monotonic()
+        print(f"pipeline: [{self.index}/{STAGES}] {self.what} -> {self.where}", flush=True)
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            print(f"pipeline: [{self.index}/{STAGES}] done in {time.monotonic() - self.start:.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="demo", help="local folder or s3://bucket/prefix for everything written")
-    p.add_argument("--data", help="Kaggle-layout root (photo_jpg/, monet_jpg/); default: make demo data")
+    p = parser(__doc__)
+    p.add_argument("--workdir", default="demo", type=location,
+                   help="local folder or s3://bucket/prefix for everything written")
+    p.add_argument("--data", type=location, help="Kaggle-layout root (photo_jpg/, monet_jpg/); default: make demo data")
     p.add_argument("--photos", type=int, default=300, help="demo data: number of photos")
     p.add_argument("--paintings", type=int, default=60, help="demo data: number of paintings")
     p.add_argument("--epochs", type=int, default=3)
@@ -39,39 +59,45 @@ def main(argv: list[str] | None = None) -> int:
                    help="MiFID features (default: Inception when installed, else the labelled pixel stand-in)")
     args = p.parse_args(argv)
     work = args.workdir.rstrip("/")
+    started = time.monotonic()
 
-    if args.data:
-        data = args.data
-    else:
-        data = f"{work}/data"
-        if not Path(data, "photo_jpg").exists():
-            write_demo_data(data, args.photos, args.paintings)
-            print(f"pipeline: demo data in {data}")
+    data = args.data or f"{work}/data"
+    with Stage(1, "demo data" if not args.data else "data", data):
+        if args.data:
+            print(f"pipeline: using {args.data}")
+        elif open_storage(f"{data}/photo_jpg").list():
+            print("pipeline: already there")
+        else:
+            counts = write_demo_data(data, args.photos, args.paintings)
+            print(f"pipeline: {counts['photo_jpg']} synthetic photos, {counts['monet_jpg']} synthetic paintings")
     photos, paintings = f"{data}/photo_jpg", f"{data}/monet_jpg"
 
     settings = TrainSettings(model="cyclegan", photos=photos, paintings=paintings, epochs=args.epochs,
                              batch_size=args.batch_size, num_workers=args.num_workers, use_gpu=args.use_gpu,
                              model_config={"image_size": args.image_size, "ngf": args.ngf, "n_blocks": args.n_blocks,
                                            "ndf": max(8, args.ngf)})
-    trainer = make_trainer(settings, "pipeline", f"{work}/runs")
-    ensure_ray()
-    result = trainer.fit()
     checkpoint = f"{work}/generator.pt"
-    with result.checkpoint.as_directory() as d:
-        write_uri(checkpoint, (Path(d) / GENERATOR_FILE).read_bytes())
-    print(f"pipeline: trained {args.epochs} epochs; generator at {checkpoint}")
+    with Stage(2, f"train CycleGAN, {args.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
+        result = run_training(settings, "pipeline", f"{work}/runs")
+        with result.checkpoint.as_directory() as d:
+            write_uri(checkpoint, (Path(d) / GENERATOR_FILE).read_bytes())
 
     out = open_storage(f"{work}/images")
-    styled = stylize(photos, BatchOptions(checkpoint=checkpoint, output=out, use_gpu=args.use_gpu or None))
-    print(summary_line(styled))
+    with Stage(3, "stylize every photo", out.uri):
+        styled = stylize(photos, BatchOptions(checkpoint=checkpoint, output=out, use_gpu=args.use_gpu or None))
+        print(summary_line(styled))
     n = styled.report["counts"]["outputs"]
+
     zip_uri = f"{work}/images.zip"
     lo, hi = (MIN_IMAGES, MAX_IMAGES) if n >= MIN_IMAGES else (1, MAX_IMAGES)
-    if lo == 1:
-        print(f"pipeline: {n} images is below Kaggle's {MIN_IMAGES}: zip made for inspection, not for submission")
-    if not (styled.skipped_run and open_storage(work).exists("images.zip")):
-        z = assemble(out, zip_uri, lo, hi)
-        print(f"pipeline: {z['images']} images -> {zip_uri}")
+    with Stage(4, "submission zip", zip_uri):
+        if lo == 1:
+            print(f"pipeline: {n} images is below Kaggle's {MIN_IMAGES}: zip made for inspection, not for submission")
+        if styled.skipped_run and open_storage(work).exists("images.zip"):
+            print("pipeline: already there")
+        else:
+            z = assemble(out, zip_uri, lo, hi)
+            print(f"pipeline: {z['images']} images")
 
     features = args.features
     if features is None:
@@ -81,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         except MissingWeightsError:
             features = "pixels"
             print("pipeline: FID Inception not installed, scoring with the pixel stand-in (see README)")
-    report = evaluate(zip_uri, paintings, None, EvalOptions(features=features, min_images=lo, max_images=hi),
-                      photos=photos)
-    print(eval_line(report))
-    print(f"pipeline: report {report['report']}, contact sheet {report['contact_sheet']}")
+    with Stage(5, f"MiFID ({features} features) against the paintings", f"{zip_uri}.evaluation.json"):
+        report = evaluate(zip_uri, paintings, None, EvalOptions(features=features, min_images=lo, max_images=hi),
+                          photos=photos)
+        print(eval_line(report))
+        print(f"pipeline: contact sheet {report['contact_sheet']}")
+    print(f"pipeline: finished in {time.monotonic() - started:.1f} s; submission {zip_uri}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

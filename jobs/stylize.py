@@ -4,20 +4,19 @@ python -m jobs.stylize --checkpoint G.pt --input photos/ --output out/ [--zip ou
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from gan.cli import add_batch_args, run_batch_job
+from gan.cli import add_batch_args, location, parser, run_batch_job, run_main
 from gan.stylize import stylize
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix, TFRecord folder, or .zip")
+    p = parser(__doc__)
+    p.add_argument("--input", required=True, type=location, help="folder, s3://bucket/prefix, TFRecord folder, or .zip")
     add_batch_args(p)
     args = p.parse_args(argv)
     return run_batch_job(args, lambda opts: stylize(args.input, opts))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -2,7 +2,8 @@
 
 python -m jobs.train --model cyclegan --data demo/ --epochs 10 --num-workers 2 --storage runs/ --name monet
 python -m jobs.train --model dcgan --paintings art/ --image-size 64 --storage s3://bucket/runs --name abstract
-Model sizes come from flags or a YAML file (--config), flags winning.
+Settings come from flags or a YAML file of the same names with underscores (--config), flags winning.
+Relative paths, on the command line and in the YAML file, are relative to the current directory.
 """
 from __future__ import annotations
 
@@ -12,74 +13,60 @@ from pathlib import Path
 
 import yaml
 
-from gan.ray_runtime import ensure_ray
+from gan.cli import location, parser, run_main
 from gan.storage import write_uri
-from gan.train import GENERATOR_FILE, SAMPLES_FILE, TrainSettings, make_trainer
+from gan.train import GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
 
-MODEL_FLAGS = ("image_size", "ngf", "ndf", "n_blocks", "n_layers_d", "nz", "lr", "lambda_cycle", "lambda_identity",
-               "decay_epochs", "pool_size", "diffaugment")
+MODEL_FLAGS = {"image_size": int, "ngf": int, "ndf": int, "n_blocks": int, "n_layers_d": int, "nz": int,
+               "lr": float, "lambda_cycle": float, "lambda_identity": float, "decay_epochs": int, "pool_size": int,
+               "diffaugment": str}
+RUN_FLAGS = {"epochs": int, "batch_size": int, "checkpoint_every": int, "keep_checkpoints": int, "num_workers": int,
+             "cpus_per_worker": float, "loader_workers": int, "max_failures": int, "seed": int, "steps_per_epoch": int}
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with any of the settings below (flags override it)")
-    p.add_argument("--model", choices=["cyclegan", "dcgan"])
-    p.add_argument("--data", help="Kaggle-layout root: photos from photo_jpg/, paintings from monet_jpg/")
-    p.add_argument("--photos", help="photos: folder, s3:// prefix, or TFRecords (cyclegan)")
-    p.add_argument("--paintings", help="paintings / art: folder, s3:// prefix, or TFRecords")
+    p = parser(__doc__)
+    p.add_argument("--config", type=location, help="YAML file with any of the settings below (flags override it)")
+    p.add_argument("--model", choices=["cyclegan", "dcgan"], default="cyclegan")
+    p.add_argument("--data", type=location, help="Kaggle-layout root: photos from photo_jpg/, paintings from monet_jpg/")
+    p.add_argument("--photos", type=location, help="photos: folder, s3:// prefix, or TFRecords (cyclegan)")
+    p.add_argument("--paintings", type=location, help="paintings / art: folder, s3:// prefix, or TFRecords")
     p.add_argument("--name", default="gan", help="run name; the same name and storage resume")
-    p.add_argument("--storage", default="runs", help="local folder or s3://bucket/prefix for checkpoints")
-    p.add_argument("--export", help="write the final generator checkpoint here (local or s3://)")
-    for flag, typ in (("epochs", int), ("batch_size", int), ("checkpoint_every", int), ("keep_checkpoints", int),
-                      ("num_workers", int), ("cpus_per_worker", float), ("loader_workers", int),
-                      ("max_failures", int), ("seed", int), ("steps_per_epoch", int)):
-        p.add_argument("--" + flag.replace("_", "-"), type=typ)
+    p.add_argument("--storage", default="runs", type=location, help="local folder or s3://bucket/prefix for checkpoints")
+    p.add_argument("--export", type=location, help="write the final generator checkpoint here (local or s3://)")
     p.add_argument("--use-gpu", action="store_true", default=None)
-    for flag in MODEL_FLAGS:
-        typ = str if flag == "diffaugment" else float if flag.startswith(("lr", "lambda")) else int
+    for flag, typ in {**RUN_FLAGS, **MODEL_FLAGS}.items():
         p.add_argument("--" + flag.replace("_", "-"), type=typ)
     args = p.parse_args(argv)
-
-    values: dict = {}
-    if args.config:
+    if args.config:  # the file's values become defaults; flags given on the command line win
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(loaded, dict):
             p.error(f"{args.config}: expected a mapping of settings")
-        values.update(loaded)
-    model_cfg = dict(values.pop("model_config", {}) or {})
-    for k in list(values):
-        if k in MODEL_FLAGS:
-            model_cfg[k] = values.pop(k)
-    for k, v in vars(args).items():
-        if v is None or k in ("config", "data", "name", "storage", "export"):
-            continue
-        (model_cfg if k in MODEL_FLAGS else values)[k] = v
-    if args.data:
-        root = args.data.rstrip("/")  # a local folder or an s3:// prefix: both join with "/"
-        values.setdefault("photos", f"{root}/photo_jpg")
-        values.setdefault("paintings", f"{root}/monet_jpg")
-    known = set(TrainSettings.__dataclass_fields__)
-    unknown = set(values) - known
-    if unknown:
-        p.error(f"unknown settings: {', '.join(sorted(unknown))}")
-    return args, TrainSettings(**values, model_config=model_cfg)
+        loaded.update(loaded.pop("model_config", None) or {})
+        unknown = set(loaded) - {a.dest for a in p._actions}
+        if unknown:
+            p.error(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
+        p.set_defaults(**{k: location(v) if k in ("data", "photos", "paintings", "storage", "export") else v
+                          for k, v in loaded.items()})
+        args = p.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if v is not None and (k in RUN_FLAGS or k in ("model", "use_gpu"))}
+    model_cfg = {k: v for k, v in vars(args).items() if v is not None and k in MODEL_FLAGS}
+    root = args.data.rstrip("/") if args.data else None  # a local folder or an s3:// prefix: both join with "/"
+    photos = args.photos or (f"{root}/photo_jpg" if root else None)
+    paintings = args.paintings or (f"{root}/monet_jpg" if root else None)
+    return args, TrainSettings(**values, photos=photos, paintings=paintings, model_config=model_cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse(argv)
-    trainer = make_trainer(settings, args.name, args.storage)  # checks the data before Ray starts
-    ensure_ray()
-    result = trainer.fit()
+    print(f"train: {settings.model} '{args.name}', {settings.epochs} epochs, checkpoints in {args.storage}/{args.name}")
+    result = run_training(settings, args.name, args.storage)
     if result.checkpoint is None:
         print("train: no checkpoint was written", file=sys.stderr)
         return 1
     with result.checkpoint.as_directory() as d:
         generator = (Path(d) / GENERATOR_FILE).read_bytes()
-        print(f"train: {args.name} at {result.checkpoint.path}; samples in {SAMPLES_FILE}")
-    if result.metrics:
-        m = result.metrics
-        losses = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("loss"))
-        print(f"train: epoch {m['epoch'] + 1}/{settings.epochs}, {losses}, {m['images_per_s']:.1f} images/s")
+    print(f"train: done; latest checkpoint {result.checkpoint.path} (sample grid {SAMPLES_FILE})")
     if args.export:
         write_uri(args.export, generator)
         print(f"train: generator exported to {args.export}")
@@ -87,4 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

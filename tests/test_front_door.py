@@ -1,0 +1,188 @@
+"""What a new user meets first: relative paths from any directory, resume on any device, errors that no retry
+fixes failing once with one line, and a main command whose output is ours, not Ray's."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.cli import run_main
+from gan.cyclegan import CycleGANConfig, CycleGANTrainer
+from gan.data import DataError
+from gan.dcgan import DCGANConfig, DCGANGenerator, DCGANTrainer
+from gan.storage import resolve_uri
+from gan.train import TrainingError, TrainSettings, load_state, run_training
+from jobs import assemble as assemble_job
+from jobs import evaluate as evaluate_job
+from jobs import generate as generate_job
+from jobs import stylize as stylize_job
+from jobs import train as train_job
+
+TINY = {"image_size": 32, "ngf": 8, "ndf": 8, "n_blocks": 1}
+
+
+def test_resolve_uri_makes_local_paths_absolute_and_leaves_s3_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri("demo/data") == str(tmp_path / "demo" / "data")
+    assert resolve_uri("file://" + str(tmp_path / "x")) == str(tmp_path / "x")
+    assert resolve_uri(str(tmp_path / "abs")) == str(tmp_path / "abs")
+    assert resolve_uri("s3://bucket/runs/a") == "s3://bucket/runs/a"
+    with pytest.raises(OSError, match="unsupported scheme 'gs'"):
+        resolve_uri("gs://bucket/x")
+
+
+def test_every_job_takes_paths_relative_to_the_current_directory(ray_cluster, demo_data, tmp_path, monkeypatch):
+    """Run from a directory that is neither the repo nor Ray's: Ray Train workers run in the session's artifacts
+    folder and would not find `data/...` unless the driver resolved it."""
+    work = tmp_path / "elsewhere"
+    shutil.copytree(demo_data, work / "data")
+    monkeypatch.chdir(work)
+    (work / "train.yaml").write_text("model: cyclegan\nphotos: data/photo_jpg\npaintings: data/monet_jpg\n"
+                                     "image_size: 32\nngf: 8\nndf: 8\nn_blocks: 1\nbatch_size: 4\nepochs: 1\n")
+    assert train_job.main(["--config", "train.yaml", "--storage", "runs", "--name", "rel", "--export", "g.pt"]) == 0
+    assert (work / "runs" / "rel" / "checkpoint_epoch_00000" / "generator.pt").is_file()
+    assert (work / "g.pt").is_file()
+
+    assert stylize_job.main(["--checkpoint", "g.pt", "--input", "data/photo_jpg", "--output", "out", "--zip",
+                             "out.zip", "--min-images", "1", "--no-progress"]) == 0
+    assert len(list((work / "out").glob("*.jpg"))) == 24 and (work / "out.zip").is_file()
+
+    (work / "d.pt").write_bytes(to_bytes(generator_checkpoint("dcgan", DCGANConfig(ngf=8), DCGANGenerator(DCGANConfig(ngf=8)))))
+    assert generate_job.main(["--checkpoint", "d.pt", "--count", "3", "--output", "gen", "--no-progress"]) == 0
+    assert assemble_job.main(["--input", "gen", "--output", "zips/gen.zip", "--min-images", "3"]) == 0
+    with zipfile.ZipFile(work / "zips" / "gen.zip") as zf:
+        assert len(zf.namelist()) == 3
+
+    assert evaluate_job.main(["--generated", "out.zip", "--real", "data/monet_jpg", "--features", "pixels",
+                              "--min-images", "1", "--report", "eval/report.json", "--no-progress"]) == 0
+    report = json.loads((work / "eval" / "report.json").read_text())
+    assert report["counts"] == {"generated": 24, "real": 12, "train": 12, "rejected": 0}
+    assert report["generated"] == str(work / "out.zip")
+
+
+def _save_as_a_gpu_run_would(obj, path: Path, monkeypatch) -> None:
+    """torch.save records each storage's device; a GPU run's file says cuda:0 for its tensors."""
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save(obj, path)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kind", ["cyclegan", "dcgan"])
+def test_a_training_state_saved_on_a_gpu_resumes_on_cpu(kind, tmp_path, monkeypatch):
+    if kind == "cyclegan":
+        make = lambda: CycleGANTrainer(CycleGANConfig(**TINY, pool_size=4), "cpu")  # noqa: E731
+        batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1)
+    else:
+        make = lambda: DCGANTrainer(DCGANConfig(image_size=64, ngf=8, ndf=8), "cpu")  # noqa: E731
+        batch = (torch.rand(2, 3, 64, 64) * 2 - 1,)
+    a = make()
+    a.step(*batch)
+    path = tmp_path / "state.pt"
+    _save_as_a_gpu_run_would({"trainer": a.state_dict(), "epoch": 0, "step": 1}, path, monkeypatch)
+    if not torch.cuda.is_available():  # the file really is a GPU run's: a plain load cannot place its tensors here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    state = load_state(path)
+    if kind == "dcgan":
+        rng = state["trainer"]["noise_rng"]
+        assert rng.device.type == "cpu" and rng.dtype == torch.uint8  # a ByteTensor that set_state accepts
+    b = make()
+    b.load_state_dict(state["trainer"])
+    nets = ("g_ab", "g_ba", "d_a", "d_b") if kind == "cyclegan" else ("g", "d")
+    for net in nets:
+        sa, sb = a.state_dict()[net], b.state_dict()[net]
+        assert all(torch.equal(sa[n], sb[n]) for n in sa), net
+    torch.manual_seed(3)
+    la = a.step(*batch)
+    torch.manual_seed(3)
+    assert b.step(*batch) == la  # continues exactly as the original would
+
+
+def _settings(demo_data: Path, **kw) -> TrainSettings:
+    values = {"model": "cyclegan", "batch_size": 2, "num_workers": 2, "max_failures": 2, "model_config": dict(TINY),
+              **kw}
+    return TrainSettings(photos=str(demo_data / "photo_jpg"), paintings=str(demo_data / "monet_jpg"), **values)
+
+
+def test_a_data_error_in_the_workers_spends_exactly_one_attempt(ray_cluster, demo_data, tmp_path):
+    log = str(tmp_path / "setups.log")
+
+    def bad_data(event: str, rank: int, epoch: int) -> None:
+        if event == "setup":
+            with open(log, "a") as f:
+                f.write(f"{rank}\n")
+            raise DataError("photos/x.jpg: corrupt image (simulated)")
+
+    with pytest.raises(TrainingError, match=r"^photos/x.jpg: corrupt image \(simulated\)$"):
+        run_training(_settings(demo_data, epochs=1), "bad", str(tmp_path / "runs"), hook=bad_data,
+                     echo=lambda line: None)
+    assert sorted(Path(log).read_text().split()) == ["0", "1"]  # both workers, once: no retry
+
+
+def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(ray_cluster, demo_data, tmp_path, capsys):
+    log = str(tmp_path / "setups.log")
+
+    def count(event: str, rank: int, epoch: int) -> None:
+        if event == "setup":
+            with open(log, "a") as f:
+                f.write(f"{rank}\n")
+
+    lines: list[str] = []
+    run_training(_settings(demo_data, epochs=1, num_workers=1), "same", str(tmp_path / "runs"), echo=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("train: epoch 1/1") and "checkpoint saved" in lines[0]
+    dcgan = _settings(demo_data, model="dcgan", epochs=2, num_workers=1,
+                      model_config={"image_size": 64, "ngf": 8, "ndf": 8})
+    with pytest.raises(TrainingError, match="is a cyclegan run; this run trains dcgan"):
+        run_training(dcgan, "same", str(tmp_path / "runs"), hook=count, echo=lambda line: None)
+    assert Path(log).read_text().split() == ["0"]  # one attempt
+
+
+def _our_stderr(capsys) -> list[str]:
+    """stderr lines, less what the test session's shared Ray (log_to_driver on) forwards from its actors."""
+    return [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
+
+
+def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path, demo_data, capsys):
+    assert run_main(train_job.main, ["--data", str(tmp_path / "missing"), "--storage", str(tmp_path / "r")]) == 2
+    err = _our_stderr(capsys)
+    assert len(err) == 1 and err[0].startswith("error: --paintings") and "no files found" in err[0]
+    assert run_main(train_job.main, ["--model", "dcgan", "--paintings", str(demo_data / "monet_jpg"),
+                                     "--image-size", "48"]) == 2
+    assert "image_size must be one of" in capsys.readouterr().err
+    assert run_main(stylize_job.main, ["--checkpoint", str(tmp_path / "nope.pt"), "--input", str(demo_data),
+                                       "--output", str(tmp_path / "o")]) == 2
+    err = _our_stderr(capsys)
+    assert len(err) == 1 and "nope.pt: no such file" in err[0]
+    (tmp_path / "cfg.yaml").write_text("epochs: 2\nlearning_rate: 1\n")
+    with pytest.raises(SystemExit):
+        train_job.parse(["--config", str(tmp_path / "cfg.yaml")])
+    assert "unknown settings: learning_rate" in capsys.readouterr().err
+
+
+RAY_CHATTER = ("pid=", "WARNING", "core_worker", "PlacementGroupCleaner", "Token authentication", "INFO ",
+               "Traceback", "TrainController", "(ip=")
+
+
+def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
+    """The README's main command form, relative --workdir, in a new directory, in its own process and Ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cmd = [sys.executable, "-m", "jobs.pipeline", "--workdir", "demo", "--photos", "16", "--paintings", "8",
+           "--epochs", "1", "--image-size", "32", "--ngf", "8", "--n-blocks", "1", "--features", "pixels"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert (tmp_path / "demo" / "images.zip").is_file()
+    report = json.loads((tmp_path / "demo" / "images.zip.evaluation.json").read_text())
+    assert report["counts"]["generated"] == 16
+    for stage in range(1, 6):
+        assert f"pipeline: [{stage}/5]" in out
+    assert "train: epoch 1/1" in out
+    noise = [line for line in out.splitlines() if any(c in line for c in RAY_CHATTER)]
+    assert noise == [], noise
