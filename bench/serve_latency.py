@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
-from gan.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
-from gan.images import decode_image, encode_jpeg, to_tensor  # noqa: E402
+from gan.models.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
+from gan.io.images import decode_image, encode_jpeg, to_tensor  # noqa: E402
 
 
 def free_port() -> int:

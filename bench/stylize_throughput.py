@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
-from gan.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
-from gan.images import decode_image, encode_jpeg, to_pixels, to_tensor  # noqa: E402
+from gan.models.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
+from gan.io.images import decode_image, encode_jpeg, to_pixels, to_tensor  # noqa: E402
 
 KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gan-getting-started" / "photo_jpg"
 
@@ -79,9 +79,9 @@ def dataloader_script(files: list[Path], ckpt: str, batch: int, threads: int, ou
 
 
 def ray_job(src: Path, ckpt: str, batch: int, out: Path) -> tuple[float, float]:
-    from gan.batch import BatchOptions
-    from gan.storage import open_storage
-    from gan.stylize import stylize
+    from gan.batch.engine import BatchOptions
+    from gan.io.storage import open_storage
+    from gan.batch.stylize import stylize
     t0 = time.perf_counter()
     result = stylize(str(src), BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), batch_size=batch,
                                             progress=False))

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
-from gan.data import ImageDataset, UnpairedDataset, load_encoded_images  # noqa: E402
-from gan.demo_data import write_demo_data  # noqa: E402
+from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
+from gan.train.data import ImageDataset, UnpairedDataset, load_encoded_images  # noqa: E402
+from gan.train.demo_data import write_demo_data  # noqa: E402
 
 
 def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int) -> float:
@@ -45,7 +45,7 @@ def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: 
 
 def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int, storage: str) -> tuple[float, float]:
     import ray
-    from gan.train import TrainSettings, make_trainer
+    from gan.train.loop import TrainSettings, make_trainer
     ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
     settings = TrainSettings(model="cyclegan", photos=f"{data}/photo_jpg", paintings=f"{data}/monet_jpg",
                              epochs=2, batch_size=batch, num_workers=1, cpus_per_worker=threads,

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from gan.cyclegan import CycleGANConfig, ResnetGenerator
-from gan.dcgan import DCGANConfig, DCGANGenerator
+from gan.models.registry import MODELS, get_model
 
 FORMAT = "gan-generator/1"
-KINDS = ("cyclegan", "dcgan")
 
 
 class CheckpointError(ValueError):
@@ -25,34 +23,35 @@ class CheckpointError(ValueError):
 
 @dataclass
 class GeneratorCheckpoint:
-    kind: str                 # "cyclegan" (photo -> Monet) or "dcgan" (noise -> image)
+    kind: str                 # a key of gan.models.registry.MODELS: "cyclegan" (photo -> Monet), "dcgan" (noise)
     config: dict              # the model's config (CycleGANConfig / DCGANConfig fields)
     state_dict: dict
     epoch: int = 0
     step: int = 0
+    arch: str = ""            # the generator's class; files from before it was recorded hold the kind's default
 
     @property
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        """The generator in eval mode with these weights."""
-        if self.kind == "cyclegan":
-            cfg = CycleGANConfig(**self.config)
-            net: nn.Module = ResnetGenerator(cfg.ngf, cfg.n_blocks)
-        else:
-            net = DCGANGenerator(DCGANConfig(**self.config))
+        """The generator in eval mode with these weights, rebuilt through the model registry."""
+        spec = get_model(self.kind)
+        net = spec.generator(spec.config(**self.config))
+        if self.arch and self.arch != type(net).__name__:
+            raise ValueError(f"architecture {self.arch!r} is not what {self.kind} builds ({type(net).__name__})")
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
 
 
 def generator_checkpoint(kind: str, config, generator: nn.Module, epoch: int = 0, step: int = 0) -> GeneratorCheckpoint:
     state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
-    return GeneratorCheckpoint(kind, config.to_dict(), state, epoch, step)
+    return GeneratorCheckpoint(kind, config.to_dict(), state, epoch, step, type(generator).__name__)
 
 
 def to_bytes(ckpt: GeneratorCheckpoint) -> bytes:
-    meta = {"format": FORMAT, "kind": ckpt.kind, "config": ckpt.config, "epoch": ckpt.epoch, "step": ckpt.step}
+    meta = {"format": FORMAT, "kind": ckpt.kind, "arch": ckpt.arch, "config": ckpt.config, "epoch": ckpt.epoch,
+            "step": ckpt.step}
     buf = io.BytesIO()
     torch.save({"meta": json.dumps(meta), "state_dict": ckpt.state_dict}, buf)
     return buf.getvalue()
@@ -76,11 +75,12 @@ def from_bytes(data: bytes, source: str = "<bytes>", expect_kind: str | None = N
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{source}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
     kind = meta.get("kind")
-    if kind not in KINDS:
-        raise CheckpointError(f"{source}: field 'kind' is {kind!r}, expected one of {KINDS}")
+    if kind not in MODELS:
+        raise CheckpointError(f"{source}: field 'kind' is {kind!r}, expected one of {tuple(MODELS)}")
     if expect_kind is not None and kind != expect_kind:
         raise CheckpointError(f"{source}: this is a {kind} generator, but this job needs a {expect_kind} generator")
-    ckpt = GeneratorCheckpoint(kind, meta["config"], obj["state_dict"], meta.get("epoch", 0), meta.get("step", 0))
+    ckpt = GeneratorCheckpoint(kind, meta["config"], obj["state_dict"], meta.get("epoch", 0), meta.get("step", 0),
+                               meta.get("arch", ""))
     try:
         ckpt.build()
     except (TypeError, RuntimeError, ValueError) as e:

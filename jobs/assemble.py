@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sys
 
-from gan.cli import add_zip_args, location, parser, run_main
-from gan.storage import open_storage
-from gan.submission import assemble
+from jobs.cli import add_zip_args, location, parser, run_main
+from gan.io.storage import open_storage
+from gan.batch.submission import assemble
 
 
 def main(argv: list[str] | None = None) -> int:

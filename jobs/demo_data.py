@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from gan.cli import location, parser, run_main
-from gan.demo_data import write_demo_data
+from jobs.cli import location, parser, run_main
+from gan.train.demo_data import write_demo_data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import sys
 
-from gan.cli import location, parser, run_main
-from gan.evaluate import EvalOptions, evaluate, summary_line
-from gan.features import EXTRACTORS
-from gan.submission import MAX_IMAGES, MIN_IMAGES
+from jobs.cli import location, parser, run_main
+from gan.eval.evaluate import EvalOptions, evaluate, summary_line
+from gan.eval.features import EXTRACTORS
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES
 
 
 def main(argv: list[str] | None = None) -> int:

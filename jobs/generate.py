@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from gan.cli import add_batch_args, parser, run_batch_job, run_main
-from gan.generate import generate
+from jobs.cli import add_batch_args, parser, run_batch_job, run_main
+from gan.batch.generate import generate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,16 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from gan.batch import BatchOptions, summary_line
-from gan.cli import location, parser, run_main
-from gan.demo_data import write_demo_data
-from gan.evaluate import EvalOptions, evaluate
-from gan.evaluate import summary_line as eval_line
-from gan.features import MissingWeightsError, find_inception
-from gan.storage import open_storage, write_uri
-from gan.stylize import stylize
-from gan.submission import MAX_IMAGES, MIN_IMAGES, assemble
-from gan.train import GENERATOR_FILE, TrainSettings, run_training
+from gan.batch.engine import BatchOptions, summary_line
+from jobs.cli import location, parser, run_main
+from gan.train.demo_data import write_demo_data
+from gan.eval.evaluate import EvalOptions, evaluate
+from gan.eval.evaluate import summary_line as eval_line
+from gan.eval.features import MissingWeightsError, find_inception
+from gan.io.storage import open_storage, write_uri
+from gan.batch.stylize import stylize
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
+from gan.train.loop import GENERATOR_FILE, TrainSettings, run_training
 
 STAGES = 5
 

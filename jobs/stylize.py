@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from gan.cli import add_batch_args, location, parser, run_batch_job, run_main
-from gan.stylize import stylize
+from jobs.cli import add_batch_args, location, parser, run_batch_job, run_main
+from gan.batch.stylize import stylize
 
 
 def main(argv: list[str] | None = None) -> int:

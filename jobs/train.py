@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from gan.cli import location, parser, run_main
-from gan.storage import write_uri
-from gan.train import GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
+from jobs.cli import location, parser, run_main
+from gan.io.storage import write_uri
+from gan.train.loop import GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
 
 MODEL_FLAGS = {"image_size": int, "ngf": int, "ndf": int, "n_blocks": int, "n_layers_d": int, "nz": int,
                "lr": float, "lambda_cycle": float, "lambda_identity": float, "decay_epochs": int, "pool_size": int,

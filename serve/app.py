@@ -1,35 +1,50 @@
 """Ray Serve app: stylize a photo or draw DCGAN samples over HTTP, with request batching on each replica.
 
-serve run serve/config.yaml            (or: GAN_CHECKPOINT=g.pt serve run serve.app:app, or python -m serve)
+serve run serve/config.yaml            (or: serve run serve.app:build_app checkpoint=g.pt, or python -m serve)
 POST /stylize    raw image body or multipart field "file" (JPEG/PNG/WebP, any size or mode) -> 256x256 JPEG
 POST /generate?seed=S&count=K  -> K DCGAN samples (one JPEG, or a zip when K > 1)
 GET  /healthz, GET /stats, GET / (a page to try it)
 
 Size policy: like the batch jobs, the input is centre-cropped to a square and resized to 256x256.
-Checkpoints and limits come from the deployment's user_config, so `serve deploy` with a new checkpoint
-reconfigures replicas in place (reconfigure()) without dropping requests.
+Checkpoints and limits are one typed `ServeConfig`: the deployment's user_config (so `serve deploy` with a new
+checkpoint reconfigures replicas in place, without dropping requests) or the app builder's arguments.
 """
 import asyncio
 import io
-import os
 import zipfile
 from collections import Counter
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from gan.checkpoint import from_bytes
-from gan.images import BadImageError, decode_image, encode_jpeg
-from gan.inference import SUBMISSION_SIZE, sample_pixels, stylize_pixels
-from gan.storage import read_uri
+from gan.io.images import IMAGE_SIZE, BadImageError, decode_image, encode_jpeg
+from gan.batch.inference import sample_pixels, stylize_pixels
+from gan.io.storage import read_uri
 from serve.page import PAGE
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/jpg")
 MAX_COUNT = 64
 
 api = FastAPI(title="gan-art", docs_url=None, redoc_url=None)
+
+
+class ServeConfig(BaseModel):
+    """A replica's settings: `user_config` in serve/config.yaml, or `serve run serve.app:build_app KEY=VALUE ...`."""
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None          # CycleGAN generator for /stylize: local path or s3://bucket/key
+    dcgan_checkpoint: str | None = None    # DCGAN generator for /generate
+    max_batch_size: int = Field(8, ge=1)   # requests stylized together; max_ongoing_requests must be >= this
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+DEFAULTS = ServeConfig()
 
 
 class HTTPError(Exception):
@@ -78,35 +93,34 @@ class GanServer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.stylizer = self.sampler = None
         self.nz = 100
-        self.max_upload_bytes = 10 * 1024 * 1024
+        self.max_upload_bytes = DEFAULTS.max_upload_bytes
         self.batch_sizes: Counter[int] = Counter()
-        env = os.environ.get("GAN_CHECKPOINT")
-        if env:
-            self.reconfigure({"checkpoint": env, "dcgan_checkpoint": os.environ.get("GAN_DCGAN_CHECKPOINT")})
 
-    def reconfigure(self, config: dict) -> None:
-        """Apply user_config: load the generators, set limits and batching (in place, replicas stay up)."""
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply a ServeConfig: load the generators, set limits and batching (in place, replicas stay up)."""
+        config = ServeConfig(**user_config)
+
         def load(uri: str | None, kind: str):
             if not uri:
                 return None
             ckpt = from_bytes(read_uri(uri), uri, expect_kind=kind)
             return ckpt, ckpt.build(self.device)
-        stylizer = load(config.get("checkpoint"), "cyclegan")
-        sampler = load(config.get("dcgan_checkpoint"), "dcgan")
+        stylizer = load(config.checkpoint, "cyclegan")
+        sampler = load(config.dcgan_checkpoint, "dcgan")
         self.stylizer = stylizer[1] if stylizer else None
         if sampler:
             self.sampler, self.nz = sampler[1], int(sampler[0].config["nz"])
         else:
             self.sampler = None
-        if config.get("torch_threads"):
-            self.torch.set_num_threads(int(config["torch_threads"]))
-        self.max_upload_bytes = int(config.get("max_upload_bytes", self.max_upload_bytes))
-        self.stylize_batch.set_max_batch_size(int(config.get("max_batch_size", 8)))
-        self.stylize_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
+        if config.torch_threads:
+            self.torch.set_num_threads(config.torch_threads)
+        self.max_upload_bytes = config.max_upload_bytes
+        self.stylize_batch.set_max_batch_size(config.max_batch_size)
+        self.stylize_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     # --- model calls ----------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s)
     async def stylize_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Requests that arrive together go through the generator as one batch."""
         self.batch_sizes[len(images)] += 1
@@ -142,7 +156,7 @@ class GanServer:
             raise HTTPError(503, "no CycleGAN checkpoint is configured")
         data, name = await self._read_upload(request)
         try:
-            pixels = decode_image(data, name, SUBMISSION_SIZE)
+            pixels = decode_image(data, name, IMAGE_SIZE)
         except BadImageError as e:
             raise HTTPError(400, e.reason) from None
         out = await self.stylize_batch(pixels)
@@ -178,10 +192,9 @@ class GanServer:
         return PAGE
 
 
-def build_app(args: dict) -> serve.Application:
-    """`serve run serve.app:build_app checkpoint=g.pt`: the app with a user_config from the arguments."""
-    config = {k: v for k, v in args.items()}
-    return GanServer.options(user_config=config).bind() if config else GanServer.bind()
+def build_app(args: ServeConfig) -> serve.Application:
+    """`serve run serve.app:build_app checkpoint=g.pt`: the app with these settings as its user_config."""
+    return GanServer.options(user_config=args.model_dump()).bind()
 
 
-app = GanServer.bind()
+app = GanServer.options(user_config=DEFAULTS.model_dump()).bind()

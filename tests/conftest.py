@@ -61,7 +61,7 @@ def ray_cluster(s3_endpoint):
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    from gan.demo_data import write_demo_data
+    from gan.train.demo_data import write_demo_data
     out = tmp_path_factory.mktemp("demo")
     write_demo_data(out, photos=24, paintings=12, seed=1)
     return out

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from gan.data import DataError, ImageDataset, UnpairedDataset, load_encoded_images
-from gan.demo_data import write_demo_data
-from gan.images import BadImageError, decode_image, encode_jpeg
-from gan.sources import read_input, scan_inputs
-from gan.storage import LocalStorage
-from gan.tfrecord import TFRecordError, encode_example, read_image_examples, write_image_examples, write_record
+from gan.train.data import DataError, ImageDataset, UnpairedDataset, load_encoded_images
+from gan.train.demo_data import write_demo_data
+from gan.io.images import BadImageError, decode_image, encode_jpeg
+from gan.io.sources import read_input, scan_inputs
+from gan.io.storage import LocalStorage
+from gan.io.tfrecord import TFRecordError, encode_example, read_image_examples, write_image_examples, write_record
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
 
 

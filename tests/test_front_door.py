@@ -1,6 +1,5 @@
 """What a new user meets first: relative paths from any directory, resume on any device, errors that no retry
 fixes failing once with one line, and a main command whose output is ours, not Ray's."""
-import io
 import json
 import os
 import shutil
@@ -13,12 +12,12 @@ import pytest
 import torch
 
 from gan.checkpoint import generator_checkpoint, to_bytes
-from gan.cli import run_main
-from gan.cyclegan import CycleGANConfig, CycleGANTrainer
-from gan.data import DataError
-from gan.dcgan import DCGANConfig, DCGANGenerator, DCGANTrainer
-from gan.storage import resolve_uri
-from gan.train import TrainingError, TrainSettings, load_state, run_training
+from jobs.cli import run_main
+from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer
+from gan.train.data import DataError
+from gan.models.dcgan import DCGANConfig, DCGANGenerator, DCGANTrainer
+from gan.io.storage import resolve_uri
+from gan.train.loop import TrainingError, TrainSettings, load_state, run_training
 from jobs import assemble as assemble_job
 from jobs import evaluate as evaluate_job
 from jobs import generate as generate_job
@@ -152,7 +151,7 @@ def _our_stderr(capsys) -> list[str]:
 def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path, demo_data, capsys):
     assert run_main(train_job.main, ["--data", str(tmp_path / "missing"), "--storage", str(tmp_path / "r")]) == 2
     err = _our_stderr(capsys)
-    assert len(err) == 1 and err[0].startswith("error: --paintings") and "no files found" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --photos") and "no files found" in err[0]
     assert run_main(train_job.main, ["--model", "dcgan", "--paintings", str(demo_data / "monet_jpg"),
                                      "--image-size", "48"]) == 2
     assert "image_size must be one of" in capsys.readouterr().err

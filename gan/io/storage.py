@@ -34,9 +34,7 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
     def write(self, key: str, data: bytes) -> None: ...
     def exists(self, key: str) -> bool: ...
-    def delete(self, key: str) -> None: ...
     def upload_file(self, key: str, path: str) -> None: ...
-    def download_file(self, key: str, path: str) -> None: ...
     def child(self, key: str) -> str: ...
 
 
@@ -108,16 +106,9 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
-
     def upload_file(self, key: str, path: str) -> None:
         with self.open_write(key) as f, open(path, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
-
-    def download_file(self, key: str, path: str) -> None:
-        shutil.copyfile(self._path(key), path)
 
     def child(self, key: str) -> str:
         return str(self._path(key))
@@ -147,7 +138,7 @@ class S3Storage:
                                           max_pool_connections=32))
 
     def _key(self, key: str) -> str:
-        # S3 keys are literal ('..' has no meaning there); output keys are sanitised by gan.naming.
+        # S3 keys are literal ('..' has no meaning there); output keys are sanitised by gan.io.naming.
         return join_key(self.prefix, key) if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -213,16 +204,10 @@ class S3Storage:
                 return False
             raise
 
-    def delete(self, key: str) -> None:
-        self._call(self.child(key), self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
-
     def upload_file(self, key: str, path: str) -> None:
         from boto3.s3.transfer import TransferConfig
         cfg = TransferConfig(multipart_threshold=16 * 1024 ** 2, multipart_chunksize=16 * 1024 ** 2)
         self._call(self.child(key), self.client.upload_file, path, self.bucket, self._key(key), Config=cfg)
-
-    def download_file(self, key: str, path: str) -> None:
-        self._call(self.child(key), self.client.download_file, self.bucket, self._key(key), path)
 
     def child(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

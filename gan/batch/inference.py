@@ -9,13 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gan.images import to_pixels, to_tensor
+from gan.io.images import IMAGE_SIZE, to_pixels, to_tensor
+from gan.models.layers import autocast
 
-SUBMISSION_SIZE = 256
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def latent(seed: int, index: int, nz: int) -> torch.Tensor:
@@ -30,15 +26,15 @@ def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.devic
     x = to_tensor(pixels).to(device)  # (B, 3, H, W)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast(device):
         return to_pixels(net(x))
 
 
 def sample_pixels(net: torch.nn.Module, seed: int, indices, nz: int, device: torch.device,
-                  size: int = SUBMISSION_SIZE) -> np.ndarray:
+                  size: int = IMAGE_SIZE) -> np.ndarray:
     """DCGAN images for (seed, i) for each i in `indices`, upscaled (bicubic) to size x size: (B, size, size, 3)."""
     z = torch.stack([latent(seed, int(i), nz) for i in indices]).to(device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast(device):
         images = net(z).float()  # (B, 3, s, s)
         if images.shape[-1] != size:
             images = torch.nn.functional.interpolate(images, size=size, mode="bicubic", align_corners=False)

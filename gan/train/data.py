@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gan.images import BadImageError, decode_image, open_image, to_tensor
-from gan.sources import Rejected, read_input, scan_inputs
-from gan.storage import StorageError, open_storage
+from gan.io.images import BadImageError, decode_image, open_image, to_tensor
+from gan.io.sources import Rejected, read_input, scan_inputs
+from gan.io.storage import StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def augment(pixels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 class ImageDataset(Dataset):
     """Decoded (3, size, size) tensors in [-1, 1] from encoded images; with `jitter`, CycleGAN's augmentation."""
 
-    def __init__(self, images: list[tuple[str, bytes]], size: int, jitter: bool = False, seed: int = 0):
-        self.images, self.size, self.jitter, self.seed = images, size, jitter, seed
+    def __init__(self, images: list[tuple[str, bytes]], size: int, jitter: bool = False):
+        self.images, self.size, self.jitter = images, size, jitter
         self.load_size = int(round(size * 1.12 / 2)) * 2 if jitter else size  # 256 -> 286
 
     def __len__(self) -> int:

@@ -12,18 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gan.batch import DecodeStage, Progress, plan_row
-from gan.features import make_extractor
-from gan.images import decode_image, to_tensor
-from gan.metrics import mifid
-from gan.naming import safe_stem
-from gan.ray_runtime import ensure_ray
-from gan.samples import grid_png
-from gan.sources import Rejected, is_zip, read_input, scan_uri
-from gan.storage import Storage, open_storage, split_uri
-from gan.submission import SubmissionError, check_count, check_submission_image
-
-SIZE = 256
+from gan.batch.pipeline import DecodeStage, Row, actor_plan, run_pipeline
+from gan.eval.features import extract, make_extractor
+from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
+from gan.eval.metrics import mifid
+from gan.io.naming import safe_stem
+from gan.train.samples import grid_png
+from gan.io.sources import Rejected, is_zip, read_input, scan_uri
+from gan.io.storage import Storage, open_storage, split_uri
+from gan.batch.submission import SubmissionError, check_count, check_submission_image
 
 
 @dataclass
@@ -39,7 +36,7 @@ class EvalOptions:
 
 
 class FeatureActor:
-    """Loads the extractor once per actor; pixels in, feature vectors out."""
+    """Loads the extractor once per actor; `pixels` in, `features` out."""
 
     def __init__(self, kind: str, weights: str | None, threads: int | None):
         if threads:
@@ -47,7 +44,6 @@ class FeatureActor:
         self.extractor = make_extractor(kind, weights)
 
     def __call__(self, batch: dict) -> dict:
-        from gan.features import extract
         ok = np.array([not e for e in batch["error"]], bool)
         if ok.any():
             f = extract(self.extractor, batch["pixels"][ok])
@@ -55,32 +51,27 @@ class FeatureActor:
             feats[ok] = f
         else:
             feats = np.zeros((len(ok), 1), np.float32)
-        return {"name": batch["name"], "features": feats, "error": batch["error"]}
+        return {"row": batch["row"], "features": feats, "error": batch["error"]}
 
 
 def features_of(uri: str, opts: EvalOptions, label: str) -> tuple[list[str], np.ndarray, list[Rejected]]:
-    """(names, (N, D) features, rejected) of every image at `uri`, computed across Ray actors."""
-    import ray
+    """(names, (N, D) features, rejected) of every image at `uri`, computed on the shared batch pipeline."""
     items, rejected, storage = scan_uri(uri)
-    ensure_ray()
     strict = is_zip(uri)
-    rows = [plan_row(i.name, "", n, i) for n, i in enumerate(items)]
-    cpus = opts.cpus_per_actor or max(1.0, (ray.cluster_resources().get("CPU", 2) - 1) / opts.actors)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // opts.batch_size, 200)))
-    ds = ds.map_batches(DecodeStage(storage, SIZE, check_submission_image if strict else None),
-                        batch_size=opts.batch_size, num_cpus=0.5)
-    ds = ds.map_batches(FeatureActor, fn_constructor_args=(opts.features, opts.inception_weights, int(cpus)),
-                        compute=ray.data.ActorPoolStrategy(size=opts.actors), batch_size=opts.batch_size, num_cpus=cpus)
+    rows = [Row(i.name, n, item=i) for n, i in enumerate(items)]
+    results = run_pipeline(
+        rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights},
+        actor_plan(opts.actors, opts.cpus_per_actor, use_gpu=False), opts.batch_size,
+        decode=DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None),
+        label=f"features[{label}]", progress=opts.progress)
     names, feats = [], []
-    progress = Progress(len(rows), f"features[{label}]", opts.progress)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for name, f, err in zip(batch["name"], batch["features"], batch["error"]):
+    for batch in results:
+        for row, f, err in zip(batch["row"], batch["features"], batch["error"]):
             if err:
-                rejected.append(Rejected(str(name), str(err)))
+                rejected.append(Rejected(row.name, str(err)))
             else:
-                names.append(str(name))
+                names.append(row.name)
                 feats.append(f)
-        progress.update(len(batch["name"]))
     if strict and rejected:
         first = "; ".join(r.reason for r in rejected[:3])
         raise SubmissionError(f"{uri}: {len(rejected)} invalid images ({first})")
@@ -99,7 +90,7 @@ def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8)
     gen = []
     for item in items:
         try:
-            gen.append((safe_stem(item.name), to_tensor(decode_image(read_input(storage, item), item.name, SIZE))))
+            gen.append((safe_stem(item.name), to_tensor(decode_image(read_input(storage, item), item.name, IMAGE_SIZE))))
         except ValueError:
             continue
     pairs = []
@@ -108,7 +99,7 @@ def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8)
         by_stem = {safe_stem(i.name): i for i in p_items}
         for stem, g in gen:
             if stem in by_stem and len(pairs) < n:
-                photo = decode_image(read_input(p_storage, by_stem[stem]), stem, SIZE)
+                photo = decode_image(read_input(p_storage, by_stem[stem]), stem, IMAGE_SIZE)
                 pairs.append((to_tensor(photo), g))
     if pairs:
         return grid_png(torch.stack([p for p, _ in pairs] + [g for _, g in pairs]), nrow=len(pairs))

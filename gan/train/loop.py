@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 from ray.train import UserCallback
 
 from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
-from gan.cyclegan import CycleGANConfig, CycleGANTrainer
-from gan.data import DataError, ImageDataset, UnpairedDataset, load_encoded_images
-from gan.dcgan import DCGANConfig, DCGANTrainer
-from gan.images import BadImageError, decode_image, to_tensor
-from gan.samples import noise_grid, stylize_grid
-from gan.sources import read_input, scan_inputs
-from gan.storage import StorageError, open_storage, resolve_uri
+from gan.io.images import BadImageError, decode_image
+from gan.models.registry import get_model
+from gan.train.data import DataError, load_encoded_images
+from gan.io.sources import read_input, scan_inputs
+from gan.io.storage import StorageError, open_storage, resolve_uri
 
 STATE_FILE, GENERATOR_FILE, SAMPLES_FILE, HISTORY_FILE = "state.pt", "generator.pt", "samples.png", "history.json"
 
@@ -65,29 +62,21 @@ class TrainSettings:
     PATH_FIELDS = ("photos", "paintings")
 
     def resolved(self) -> "TrainSettings":
-        """These settings with every local data path made absolute (see `gan.storage.resolve_uri`)."""
+        """These settings with every local data path made absolute (see `gan.io.storage.resolve_uri`)."""
         return replace(self, **{f: resolve_uri(getattr(self, f)) for f in self.PATH_FIELDS if getattr(self, f)})
 
-    def build_model_config(self) -> CycleGANConfig | DCGANConfig:
+    def build_model_config(self):
+        """The model's config from `model_config` (sizes, LR, ...) and the run's length."""
         try:
-            if self.model == "cyclegan":
-                cfg = dict(self.model_config)
-                cfg.setdefault("epochs", self.epochs)
-                cfg.setdefault("decay_epochs", self.epochs // 2)
-                return CycleGANConfig(**cfg)
-            if self.model == "dcgan":
-                return DCGANConfig(**self.model_config)
+            return get_model(self.model).make_config(dict(self.model_config), self.epochs)
         except TypeError as e:  # an unknown or misspelt model setting
             raise ValueError(f"{self.model} model settings: {e}") from None
-        raise ValueError(f"--model must be cyclegan or dcgan, got {self.model!r}")
 
 
 def validate_data(settings: TrainSettings) -> None:
     """Fail in the driver, before any worker starts, when a data source has no usable image."""
-    sources = {"--paintings": settings.paintings}
-    if settings.model == "cyclegan":
-        sources["--photos"] = settings.photos
-    for flag, uri in sources.items():
+    for source in get_model(settings.model).sources:
+        flag, uri = f"--{source}", getattr(settings, source)
         if not uri:
             raise DataError(f"{flag} is required for --model {settings.model}")
         try:
@@ -240,28 +229,19 @@ class _Run:
 
 
 def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
+    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from."""
     import ray.train
     import ray.train.torch as rt
     if hook:
         hook("setup", rank, 0)
-    device = rt.get_device()
+    spec = get_model(settings.model)
     model_cfg = settings.build_model_config()
-    ddp_kwargs = {"broadcast_buffers": False} if settings.model == "dcgan" else None  # BatchNorm: see notes
-    wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=ddp_kwargs)  # noqa: E731
-
-    paintings, _ = load_encoded_images(settings.paintings)
-    size = model_cfg.image_size
-    if settings.model == "cyclegan":
-        photos, _ = load_encoded_images(settings.photos)
-        trainer = CycleGANTrainer(model_cfg, device, wrap, seed=settings.seed)
-        dataset = UnpairedDataset(ImageDataset(photos, size, jitter=True), ImageDataset(paintings, size, jitter=True))
-        fixed = torch.stack([to_tensor(decode_image(d, n, size)) for n, d in photos[:settings.sample_count]])
-    else:
-        trainer = DCGANTrainer(model_cfg, device, wrap, seed=settings.seed)
-        dataset = ImageDataset(paintings, size, jitter=False)
-        fixed = torch.from_numpy(np.random.default_rng(settings.seed).standard_normal((16, model_cfg.nz))).float()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=settings.loader_workers)
+    images = {source: load_encoded_images(getattr(settings, source))[0] for source in spec.sources}
+    wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
+    trainer = spec.trainer(model_cfg, rt.get_device(), wrap, seed=settings.seed)
+    loader = torch.utils.data.DataLoader(spec.dataset(images, model_cfg), batch_size=settings.batch_size,
+                                         shuffle=True, drop_last=True, num_workers=settings.loader_workers)
+    fixed = spec.sample_inputs(images, model_cfg, settings.sample_count, settings.seed)
     run = _Run(trainer, rt.prepare_data_loader(loader), fixed, model_cfg)
 
     checkpoint = ray.train.get_checkpoint()
@@ -311,43 +291,52 @@ def train_loop_per_worker(config: dict) -> dict | None:
     if error:
         return {"error": error}
 
-    trainer, loader, step = run.trainer, run.loader, run.step
     for epoch in range(run.start_epoch, settings.epochs):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
-        sums: dict[str, float] = {}
-        images, t0 = 0, time.perf_counter()
-        n_steps = len(loader) if settings.steps_per_epoch is None else min(len(loader), settings.steps_per_epoch)
-        for i, batch in enumerate(loader):
-            if i >= n_steps:
-                break
-            if hook and i == n_steps // 2:
-                hook("mid_epoch", rank, epoch)
-            losses = trainer.step(*batch) if settings.model == "cyclegan" else trainer.step(batch)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            step += 1
-            images += settings.batch_size
-        seconds = time.perf_counter() - t0
-        lr = trainer.opt_g.param_groups[0]["lr"]
-        trainer.end_epoch()
-        metrics = {"epoch": epoch, "step": step, **{k: v / max(n_steps, 1) for k, v in sums.items()},
-                   "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
-                   "lr": lr, "torch_threads": torch.get_num_threads()}
+        metrics = _train_epoch(settings, run, hook, epoch, rank, world)
         run.history.append(metrics)
-        last = epoch == settings.epochs - 1
-        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):
+        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or epoch == settings.epochs - 1):
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "step": step}, Path(tmp) / STATE_FILE)
-                exported = generator_checkpoint(settings.model, run.model_cfg, trainer.generator, epoch, step)
-                (Path(tmp) / GENERATOR_FILE).write_bytes(to_bytes(exported))
-                grid = (stylize_grid(trainer.generator, run.fixed) if settings.model == "cyclegan"
-                        else noise_grid(trainer.generator, run.fixed))
-                (Path(tmp) / SAMPLES_FILE).write_bytes(grid)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
+                _write_checkpoint(Path(tmp), settings, run, epoch)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:05d}")
         else:
             ray.train.report(metrics)
     return None
+
+
+def _write_checkpoint(folder: Path, settings: TrainSettings, run: _Run, epoch: int) -> None:
+    """The training state, the exported generator, the sample grid and the history so far."""
+    trainer = run.trainer
+    torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "step": run.step}, folder / STATE_FILE)
+    exported = generator_checkpoint(settings.model, run.model_cfg, trainer.generator, epoch, run.step)
+    (folder / GENERATOR_FILE).write_bytes(to_bytes(exported))
+    (folder / SAMPLES_FILE).write_bytes(get_model(settings.model).sample_grid(trainer.generator, run.fixed))
+    (folder / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
+
+
+def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoch: int, rank: int,
+                 world: int) -> dict:
+    """One pass over this worker's shard; the epoch's mean losses, speed and LR."""
+    trainer, loader = run.trainer, run.loader
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
+    sums: dict[str, float] = {}
+    images, t0 = 0, time.perf_counter()
+    n_steps = len(loader) if settings.steps_per_epoch is None else min(len(loader), settings.steps_per_epoch)
+    for i, batch in enumerate(loader):
+        if i >= n_steps:
+            break
+        if hook and i == n_steps // 2:
+            hook("mid_epoch", rank, epoch)
+        losses = trainer.step(*batch) if isinstance(batch, (list, tuple)) else trainer.step(batch)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+        run.step += 1
+        images += settings.batch_size
+    seconds = time.perf_counter() - t0
+    lr = trainer.opt_g.param_groups[0]["lr"]
+    trainer.end_epoch()
+    return {"epoch": epoch, "step": run.step, **{k: v / max(n_steps, 1) for k, v in sums.items()},
+            "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
+            "lr": lr, "torch_threads": torch.get_num_threads()}

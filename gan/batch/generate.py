@@ -1,14 +1,15 @@
 """Draw N images from a DCGAN generator: image i depends only on (seed, i), whatever the sharding."""
 from __future__ import annotations
 
-from gan.batch import OUTPUT_SUFFIX, BatchOptions, JobResult, plan_row, run_batch
+from gan.batch.engine import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
+from gan.batch.pipeline import Row
 
 
-def plan_generate(count: int) -> list[dict]:
+def plan_generate(count: int) -> list[Row]:
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
     width = max(5, len(str(count - 1)))
-    return [plan_row(f"sample {i}", f"{i:0{width}d}{OUTPUT_SUFFIX}", i) for i in range(count)]
+    return [Row(f"sample {i}", i, f"{i:0{width}d}{OUTPUT_SUFFIX}") for i in range(count)]
 
 
 def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import io
 import zipfile
 
-from gan.images import BadImageError, open_image
-from gan.storage import Storage, split_uri
+from gan.io.images import IMAGE_SIZE, BadImageError, open_image
+from gan.io.storage import Storage, split_uri
 
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
-SIZE = 256
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -28,8 +27,8 @@ def check_submission_image(data: bytes, name: str) -> None:
         raise SubmissionError(str(e)) from None
     if img.format != "JPEG":
         raise SubmissionError(f"{name}: is {img.format}, the submission needs JPEG")
-    if img.size != (SIZE, SIZE):
-        raise SubmissionError(f"{name}: is {img.width}x{img.height}, the submission needs {SIZE}x{SIZE}")
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise SubmissionError(f"{name}: is {img.width}x{img.height}, the submission needs {IMAGE_SIZE}x{IMAGE_SIZE}")
     if img.mode != "RGB":
         raise SubmissionError(f"{name}: has mode {img.mode}, the submission needs RGB")
 

@@ -14,9 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gan.diffaugment import diff_augment
-from gan.image_pool import ImagePool
-from gan.schedule import linear_decay
+from gan.models.diffaugment import diff_augment
+from gan.models.image_pool import ImagePool
+from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
+from gan.models.schedule import linear_decay
+from gan.models.spec import EncodedImages, ModelSpec
+from gan.io.images import decode_image, to_tensor
+from gan.train.data import ImageDataset, UnpairedDataset
+from gan.train.samples import stylize_grid
 
 
 @dataclass
@@ -37,18 +42,6 @@ class CycleGANConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """N(0, 0.02) init as in the CycleGAN and DCGAN papers."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, gain)
-            nn.init.zeros_(m.bias)
 
 
 class ResnetBlock(nn.Module):
@@ -86,6 +79,10 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
+def build_generator(cfg: CycleGANConfig) -> ResnetGenerator:
+    return ResnetGenerator(cfg.ngf, cfg.n_blocks)
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN: (B, 3, H, W) -> (B, 1, H/8 - 2, W/8 - 2) real/fake logits, one per 70x70 patch."""
 
@@ -111,17 +108,6 @@ def lsgan_loss(pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare module under a DDP wrapper: used where no gradient sync is wanted."""
-    return getattr(module, "module", module)
-
-
-def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(flag)
-
-
 class CycleGANTrainer:
     """Both generators, both discriminators, their optimizers, LR schedules and image pools.
 
@@ -133,7 +119,7 @@ class CycleGANTrainer:
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0):
         torch.manual_seed(seed)
         self.cfg, self.device = cfg, torch.device(device)
-        make_g = lambda: ResnetGenerator(cfg.ngf, cfg.n_blocks).to(self.device)  # noqa: E731
+        make_g = lambda: build_generator(cfg).to(self.device)  # noqa: E731
         make_d = lambda: PatchDiscriminator(cfg.ndf, cfg.n_layers_d).to(self.device)  # noqa: E731
         self.g_ab, self.g_ba = wrap(make_g()), wrap(make_g())  # photo -> Monet, Monet -> photo
         self.d_a, self.d_b = wrap(make_d()), wrap(make_d())    # judges photos, judges Monets
@@ -150,9 +136,6 @@ class CycleGANTrainer:
         """The photo -> Monet generator that the batch jobs and the server use."""
         return unwrap(self.g_ab)
 
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
 
@@ -166,7 +149,7 @@ class CycleGANTrainer:
         d_a, d_b = unwrap(self.d_a), unwrap(self.d_b)
         set_requires_grad([d_a, d_b], False)
         self.opt_g.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast(self.device):
             fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
             rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
             loss_gan = lsgan_loss(d_b(self._d_in(fake_b)), True) + lsgan_loss(d_a(self._d_in(fake_a)), True)
@@ -185,7 +168,7 @@ class CycleGANTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_b.query(fake_b.detach().float())
         pooled_a = self.pool_a.query(fake_a.detach().float())
-        with self._autocast():
+        with autocast(self.device):
             loss_d_b = 0.5 * (lsgan_loss(self.d_b(self._d_in(real_b)), True) +
                               lsgan_loss(self.d_b(self._d_in(pooled_b)), False))
             loss_d_a = 0.5 * (lsgan_loss(self.d_a(self._d_in(real_a)), True) +
@@ -214,3 +197,24 @@ class CycleGANTrainer:
         if "pool_a" in state:
             self.pool_a.load_state_dict(state["pool_a"], self.device)
             self.pool_b.load_state_dict(state["pool_b"], self.device)
+
+
+# --- what the training loop and checkpoints need (see gan/models/spec.py) ---------------------------
+
+def _config(settings: dict, epochs: int) -> CycleGANConfig:
+    """The LR decays over the run's second half unless the settings say otherwise."""
+    return CycleGANConfig(**{"epochs": epochs, "decay_epochs": epochs // 2, **settings})
+
+
+def _dataset(images: dict[str, EncodedImages], cfg: CycleGANConfig) -> UnpairedDataset:
+    return UnpairedDataset(ImageDataset(images["photos"], cfg.image_size, jitter=True),
+                           ImageDataset(images["paintings"], cfg.image_size, jitter=True))
+
+
+def _sample_inputs(images: dict[str, EncodedImages], cfg: CycleGANConfig, count: int, seed: int) -> torch.Tensor:
+    """The first `count` photos, (count, 3, S, S) in [-1, 1]."""
+    return torch.stack([to_tensor(decode_image(d, n, cfg.image_size)) for n, d in images["photos"][:count]])
+
+
+SPEC = ModelSpec("cyclegan", "stylize", CycleGANConfig, _config, build_generator, CycleGANTrainer, ("photos", "paintings"),
+                 _dataset, _sample_inputs, stylize_grid)

@@ -15,6 +15,7 @@ from PIL import Image, ImageFile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 MAX_BYTES = 50 * 1024 * 1024             # one input file; larger ones are refused before decoding
+IMAGE_SIZE = 256                         # Kaggle's images and submission; what batch jobs and Serve read and write
 
 
 class BadImageError(ValueError):
@@ -76,7 +77,7 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, name: str, size: int = 256) -> np.ndarray:
+def decode_image(data: bytes, name: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """Bytes of any image -> (size, size, 3) uint8 RGB, or BadImageError naming `name`."""
     img = open_image(data, name)
     try:

@@ -12,9 +12,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 
-from gan.images import MAX_BYTES
-from gan.storage import RangeFile, Storage, StorageError, open_storage, split_uri
-from gan.tfrecord import TFRecordError, example_image, iter_record_spans
+from gan.io.images import MAX_BYTES
+from gan.io.storage import RangeFile, Storage, StorageError, open_storage, split_uri
+from gan.io.tfrecord import TFRecordError, example_image, iter_record_spans
 
 TFRECORD_SUFFIXES = (".tfrec", ".tfrecord", ".tfrecords")
 ZIP_SUFFIX = ".zip"

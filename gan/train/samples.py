@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from gan.images import to_pixels
+from gan.io.images import to_pixels
 
 
 def grid_png(images: torch.Tensor, nrow: int) -> bytes:

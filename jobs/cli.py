@@ -6,10 +6,10 @@ import sys
 import traceback
 from typing import Callable
 
-from gan.batch import BatchOptions, JobResult, summary_line
+from gan.batch.engine import BatchOptions, JobResult, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
-from gan.storage import StorageError, open_storage, resolve_uri
-from gan.submission import MAX_IMAGES, MIN_IMAGES, assemble
+from gan.io.storage import StorageError, open_storage, resolve_uri
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 

@@ -9,12 +9,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gan.cyclegan import init_weights, set_requires_grad, unwrap
-from gan.diffaugment import diff_augment
+from gan.models.diffaugment import diff_augment
+from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
+from gan.models.spec import EncodedImages, ModelSpec
+from gan.train.data import ImageDataset
+from gan.train.samples import noise_grid
 
 SIZES = (64, 128, 256)
 
@@ -107,11 +111,9 @@ class DCGANTrainer:
         real = real.to(self.device, non_blocking=True)
         b = real.size(0)
         z = torch.randn(b, self.cfg.nz, generator=self.noise_rng).to(self.device)
-        autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                  enabled=self.device.type == "cuda")
         # Discriminator: real -> 1, fake -> 0 (separate batches, so BatchNorm sees each alone).
         self.opt_d.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast(self.device):
             fake = self.g(z)
             out_real = self.d(self._d_in(real)).float()
             out_fake = self.d(self._d_in(fake.detach())).float()
@@ -123,7 +125,7 @@ class DCGANTrainer:
         d = unwrap(self.d)
         set_requires_grad([d], False)
         self.opt_g.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast(self.device):
             out = d(self._d_in(fake)).float()
             loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         loss_g.backward()
@@ -146,3 +148,19 @@ class DCGANTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise_rng.set_state(state["noise_rng"])
+
+
+# --- what the training loop and checkpoints need (see gan/models/spec.py) ---------------------------
+
+def _dataset(images: dict[str, EncodedImages], cfg: DCGANConfig) -> ImageDataset:
+    return ImageDataset(images["paintings"], cfg.image_size, jitter=False)
+
+
+def _sample_inputs(images: dict[str, EncodedImages], cfg: DCGANConfig, count: int, seed: int) -> torch.Tensor:
+    """Fixed latents, (16, nz): the same 16 images each checkpoint, to watch them change."""
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal((16, cfg.nz))).float()
+
+
+SPEC = ModelSpec("dcgan", "generate", DCGANConfig, lambda settings, epochs: DCGANConfig(**settings), DCGANGenerator,
+                 DCGANTrainer, ("paintings",), _dataset, _sample_inputs, noise_grid,
+                 ddp_kwargs={"broadcast_buffers": False})  # BatchNorm + two D passes per step: see the Ray notes

@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from gan.images import encode_jpeg
-from gan.storage import open_storage
-from gan.tfrecord import write_image_examples
+from gan.io.images import IMAGE_SIZE, encode_jpeg
+from gan.io.storage import open_storage
+from gan.io.tfrecord import write_image_examples
 
-SIZE = 256
 RECORDS_PER_TFRECORD = 60
 
 
 def _scene(rng: np.random.Generator, palette: str) -> Image.Image:
-    h = w = SIZE
+    h = w = IMAGE_SIZE
     if palette == "photo":
         sky_top, sky_bottom = rng.uniform([20, 60, 140], [80, 130, 230]), rng.uniform([150, 180, 210], [220, 230, 250])
         ground = rng.uniform([30, 60, 20], [110, 120, 70])
@@ -58,7 +57,7 @@ def make_painting(rng: np.random.Generator) -> np.ndarray:
     pixels = np.asarray(pil)
     draw = ImageDraw.Draw(pil)
     for _ in range(400):  # brush strokes: short thick lines in a nearby colour
-        x, y = int(rng.integers(0, SIZE)), int(rng.integers(0, SIZE))
+        x, y = int(rng.integers(0, IMAGE_SIZE)), int(rng.integers(0, IMAGE_SIZE))
         base = pixels[y, x].astype(int) + rng.integers(-25, 26, 3)
         angle, length = rng.uniform(0, np.pi), rng.uniform(4, 14)
         dx, dy = length * np.cos(angle), length * np.sin(angle)

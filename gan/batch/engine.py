@@ -1,0 +1,160 @@
+"""Batch jobs that write images (stylize, generate): the plan, the generator actor, the manifest and the report.
+
+The work runs on the shared pipeline (`gan.batch.pipeline`). Exactly once: an output is written atomically
+under a name fixed by the manifest, and a rerun schedules only the names that do not exist yet.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from gan.batch.inference import sample_pixels, stylize_pixels
+from gan.batch.pipeline import DecodeStage, Row, WriteStage, actor_plan, run_pipeline
+from gan.checkpoint import from_bytes
+from gan.io.images import IMAGE_SIZE
+from gan.io.sources import Rejected
+from gan.io.storage import Storage, StorageError, read_uri
+from gan.models.registry import kind_for
+
+REPORT = "_report.json"
+MANIFEST = "_manifest.json"
+OUTPUT_SUFFIX = ".jpg"
+
+
+@dataclass
+class BatchOptions:
+    checkpoint: str
+    output: Storage
+    batch_size: int = 16
+    actors: int | None = None            # default: one per GPU, else one CPU actor
+    cpus_per_actor: float | None = None  # default: all CPUs but one, for the read/write tasks
+    use_gpu: bool | None = None          # default: when the cluster has GPUs
+    channels_last: bool = True
+    progress: bool = True
+    actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
+
+
+@dataclass
+class JobResult:
+    report: dict
+    skipped_run: bool = False   # True when a finished job was rerun and did nothing
+
+
+class GeneratorActor:
+    """Loads the generator once; stylizes `pixels` (stylize) or draws images for each row's index (generate)."""
+
+    def __init__(self, checkpoint: str, job: str, threads: int | None = None, seed: int = 0,
+                 channels_last: bool = True):
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.ckpt = from_bytes(read_uri(checkpoint), checkpoint)
+        self.net = self.ckpt.build(self.device)
+        self.job, self.seed = job, seed
+        self.channels_last = channels_last and job == "stylize"
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.job == "stylize":
+            ok = np.array([not e for e in batch["error"]], bool)
+            out = batch["pixels"].copy()
+            if ok.any():
+                out[ok] = stylize_pixels(self.net, batch["pixels"][ok], self.device, self.channels_last)
+        else:
+            indices = [row.index for row in batch["row"]]
+            out = sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
+        return {"row": batch["row"], "pixels": out, "error": batch["error"]}
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+def fingerprint(kind: str, checkpoint_bytes: bytes, plan: list[Row], extra: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": kind, **extra}, sort_keys=True).encode())
+    h.update(hashlib.sha256(checkpoint_bytes).digest())
+    for row in plan:
+        h.update(f"{row.name}\0{row.out}\n".encode())
+    return h.hexdigest()
+
+
+def finished_report(storage: Storage, fp: str, plan: list[Row]) -> dict | None:
+    """The earlier report when this exact job already finished and all its outputs exist, else None."""
+    if not storage.exists(REPORT):
+        return None
+    try:
+        report = json.loads(storage.read(REPORT))
+    except (ValueError, StorageError):
+        return None
+    if report.get("fingerprint") != fp:
+        return None
+    existing = set(storage.list())
+    rejected = {r["name"] for r in report.get("rejected", [])}
+    return report if all(row.out in existing or row.name in rejected for row in plan) else None
+
+
+def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: BatchOptions,
+              extra: dict, early_rejects: list[Rejected], seed: int = 0) -> JobResult:
+    """Run `plan` and write the report.
+
+    Rows whose output exists are skipped; a finished job (same fingerprint, all outputs there) does nothing.
+    """
+    out = opts.output
+    ckpt_bytes = read_uri(opts.checkpoint)
+    kind = from_bytes(ckpt_bytes, opts.checkpoint, expect_kind=kind_for(job)).kind
+    fp = fingerprint(kind, ckpt_bytes, plan, extra)
+    done_report = finished_report(out, fp, plan)
+    if done_report is not None:
+        return JobResult(done_report, skipped_run=True)
+
+    manifest = json.dumps({"job": job, "fingerprint": fp, **extra,
+                           "outputs": {row.out: row.name for row in plan}}, indent=1, sort_keys=True).encode()
+    if not out.exists(MANIFEST) or out.read(MANIFEST) != manifest:
+        out.write(MANIFEST, manifest)
+    existing = set(out.list())
+    todo = [row for row in plan if row.out not in existing]
+    skipped = len(plan) - len(todo)
+    rejected = list(early_rejects)
+
+    start = time.monotonic()
+    written = 0
+    if todo:
+        results = run_pipeline(
+            todo, opts.actor_cls or GeneratorActor,
+            {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last},
+            actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu), opts.batch_size,
+            decode=DecodeStage(input_storage, IMAGE_SIZE) if job == "stylize" else None,
+            write=WriteStage(out), label=job, progress=opts.progress)
+        for batch in results:
+            for row, error in zip(batch["row"], batch["error"]):
+                if error:
+                    rejected.append(Rejected(row.name, str(error)))
+                else:
+                    written += 1
+    seconds = time.monotonic() - start
+    rejected.sort(key=lambda r: r.name)
+    report = {
+        "job": job, "fingerprint": fp, **extra,
+        "counts": {"inputs": len(plan) + len(early_rejects), "outputs": written + skipped, "written": written,
+                   "skipped_existing": skipped, "rejected": len(rejected)},
+        "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 3) if seconds > 0 else None,
+        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
+    }
+    out.write(REPORT, json.dumps(report, indent=1).encode())
+    return JobResult(report)
+
+
+def summary_line(result: JobResult) -> str:
+    r = result.report
+    c = r["counts"]
+    if result.skipped_run:
+        return f"{r['job']}: already complete, nothing to do ({c['outputs']} images, {c['rejected']} rejected)"
+    return (f"{r['job']}: {c['outputs']} images ({c['written']} new, {c['skipped_existing']} already done), "
+            f"{r['seconds']:.1f} s, {r['images_per_s'] or 0:.1f} images/s, {c['rejected']} rejected")

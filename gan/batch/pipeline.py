@@ -1,0 +1,133 @@
+"""The one Ray Data pipeline of every batch job: plan rows -> decode (tasks) -> model (actor pool) -> write (tasks).
+
+Stylize and generate write JPEGs; evaluation collects Inception features instead of writing. Ray Data streams
+the stages, so decoding and encoding run beside the model, and its actor pool replaces a dying actor and
+retries its batch. Each stage passes per-image errors on in the `error` column: a broken image becomes a line
+in the report, never a failed block. Rows are typed (`Row` in the `row` column) from plan to result.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from gan.io.images import BadImageError, decode_image, encode_jpeg
+from gan.io.sources import InputItem, read_input
+from gan.io.storage import Storage, StorageError
+from gan.ray_runtime import ensure_ray
+
+MAX_BLOCKS = 200
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image of a batch plan: what it is called, where it comes from (for inputs) and where it goes."""
+    name: str
+    index: int                      # position in the plan; DCGAN samples are drawn from (seed, index)
+    out: str = ""                   # output key, for jobs that write
+    item: InputItem | None = None   # the input to read, for jobs that decode
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    actors: int
+    cpus: float       # per actor
+    gpus: float       # per actor
+    threads: int | None  # torch threads of a CPU actor
+
+
+def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool | None) -> ActorPlan:
+    """Actors for the running cluster: one per GPU when it has GPUs (unless use_gpu is False), else one CPU
+    actor with every CPU but one, so the decode and write tasks beside it still get scheduled."""
+    import ray
+    ensure_ray()
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
+    if use_gpu if use_gpu is not None else gpus > 0:
+        return ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None)
+    actors = actors or 1
+    per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
+    return ActorPlan(actors, per, 0.0, max(1, int(per)))
+
+
+class DecodeStage:
+    """Input bytes -> (size, size, 3) uint8 `pixels`, or an error for that row."""
+
+    def __init__(self, storage: Storage, size: int, check: Callable[[bytes, str], None] | None = None):
+        self.storage, self.size, self.check = storage, size, check  # check(data, name) raises ValueError
+
+    def __call__(self, batch: dict) -> dict:
+        rows, errors = batch["row"], list(batch["error"])
+        pixels = np.zeros((len(rows), self.size, self.size, 3), np.uint8)
+        for i, row in enumerate(rows):
+            if errors[i]:
+                continue
+            try:
+                data = read_input(self.storage, row.item)
+                if self.check is not None:
+                    self.check(data, row.name)
+                pixels[i] = decode_image(data, row.name, self.size)
+            except (BadImageError, StorageError, ValueError) as e:
+                errors[i] = str(e)
+        return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
+
+
+class WriteStage:
+    """JPEG-encode `pixels` and write each good row atomically under its `out` key; pixels are dropped."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def __call__(self, batch: dict) -> dict:
+        for row, error, pixels in zip(batch["row"], batch["error"], batch["pixels"]):
+            if error:
+                continue
+            try:
+                self.storage.write(row.out, encode_jpeg(pixels))
+            except StorageError as e:
+                raise RuntimeError(f"writing {row.out}: {e}") from e  # storage failure: let Ray retry the block
+        return {"row": batch["row"], "error": batch["error"]}
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most twice a second."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True):
+        self.total, self.label, self.enabled = total, label, enabled and total > 0
+        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.5 or self.done >= self.total):
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            bar = "#" * int(self.done / self.total * 30)
+            eta = (self.total - self.done) / rate if rate > 0 else 0
+            print(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {rate:.1f} img/s eta {eta:.0f}s",
+                  end="\n" if self.done >= self.total else "", file=sys.stderr, flush=True)
+
+
+def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPlan, batch_size: int,
+                 decode: DecodeStage | None = None, write: WriteStage | None = None, label: str = "",
+                 progress: bool = True) -> Iterator[dict]:
+    """Stream `rows` through [decode ->] actor(**actor_kwargs, threads=...) [-> write]; yield result batches
+    (numpy columns `row`, `error`, and whatever the actor or the last stage returns)."""
+    import ray
+    ensure_ray()
+    records = [{"row": r, "error": ""} for r in rows]
+    ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(rows) // batch_size, MAX_BLOCKS)))
+    if decode is not None:
+        ds = ds.map_batches(decode, batch_size=batch_size, num_cpus=0.5)
+    ds = ds.map_batches(actor, batch_size=batch_size, num_cpus=plan.cpus, num_gpus=plan.gpus,
+                        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                        fn_constructor_kwargs={**actor_kwargs, "threads": plan.threads})
+    if write is not None:
+        ds = ds.map_batches(write, batch_size=batch_size, num_cpus=0.5)
+    bar = Progress(len(rows), label, progress)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield batch
+        bar.update(len(batch["row"]))

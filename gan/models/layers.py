@@ -1,0 +1,34 @@
+"""Helpers every model shares: the papers' weight init, freezing, DDP unwrapping, and the one autocast rule."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """N(0, 0.02) init as in the CycleGAN and DCGAN papers."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module under a DDP wrapper: used where no gradient sync is wanted."""
+    return getattr(module, "module", module)
+
+
+def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
+
+
+def autocast(device: torch.device | str):
+    """bf16 autocast on CUDA (fp32 master weights stay in the optimizer), a no-op elsewhere."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
