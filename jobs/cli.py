@@ -59,6 +59,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-actor", type=float, default=None)
     p.add_argument("--cpu", action="store_true", help="do not use GPUs even if the cluster has them")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--output holds another job's outputs: delete them and run this job (default: refuse)")
     add_zip_args(p, flag="--zip")
 
 
@@ -72,7 +74,8 @@ def add_zip_args(p: argparse.ArgumentParser, flag: str) -> None:
 def batch_options(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(checkpoint=args.checkpoint, output=open_storage(args.output), batch_size=args.batch_size,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                        use_gpu=False if args.cpu else None, progress=not args.no_progress)
+                        use_gpu=False if args.cpu else None, progress=not args.no_progress,
+                        overwrite=args.overwrite)
 
 
 def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:

@@ -16,6 +16,7 @@ from collections import Counter
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -28,6 +29,7 @@ from serve.page import PAGE
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/jpg")
 MAX_COUNT = 64
+MAX_SEED = 2 ** 63 - 1
 
 api = FastAPI(title="gan-art", docs_url=None, redoc_url=None)
 
@@ -55,6 +57,12 @@ class HTTPError(Exception):
 @api.exception_handler(HTTPError)
 async def _http_error(_: Request, e: HTTPError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_parameter(_: Request, e: RequestValidationError) -> JSONResponse:  # e.g. ?seed=abc
+    where = "; ".join(f"{'.'.join(str(x) for x in err['loc'][1:])}: {err['msg']}" for err in e.errors())
+    return JSONResponse({"error": f"bad request parameter ({where})"}, status_code=400)
 
 
 @api.exception_handler(Exception)
@@ -155,8 +163,8 @@ class GanServer:
         if self.stylizer is None:
             raise HTTPError(503, "no CycleGAN checkpoint is configured")
         data, name = await self._read_upload(request)
-        try:
-            pixels = decode_image(data, name, IMAGE_SIZE)
+        try:  # in a worker thread: a large image must not hold up other requests (/healthz included)
+            pixels = await asyncio.to_thread(decode_image, data, name, IMAGE_SIZE)
         except BadImageError as e:
             raise HTTPError(400, e.reason) from None
         out = await self.stylize_batch(pixels)
@@ -168,6 +176,8 @@ class GanServer:
             raise HTTPError(503, "no DCGAN checkpoint is configured")
         if not 1 <= count <= MAX_COUNT:
             raise HTTPError(400, f"count must be 1 to {MAX_COUNT}")
+        if not 0 <= seed <= MAX_SEED:
+            raise HTTPError(400, f"seed must be 0 to {MAX_SEED}")
         images = await asyncio.to_thread(sample_pixels, self.sampler, seed, range(count), self.nz, self.device)
         if count == 1:
             return Response(encode_jpeg(images[0]), media_type="image/jpeg")

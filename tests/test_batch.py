@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -145,6 +144,29 @@ def _zip_contents(path: Path) -> dict[str, np.ndarray]:
         return {n: decode_image(zf.read(n), n) for n in zf.namelist()}
 
 
+KILL_DRIVER = """
+import os, signal, sys
+from gan.batch.engine import BatchOptions, GeneratorActor
+from gan.batch.stylize import stylize
+from gan.io.storage import open_storage
+
+class KillDriverAtBatch10(GeneratorActor):
+    calls = 0
+
+    def __call__(self, batch):
+        KillDriverAtBatch10.calls += 1
+        if KillDriverAtBatch10.calls == 10:  # a known point: 9 of 50 batches through the model, 41 not
+            os.killpg(int(os.environ["DRIVER_PGID"]), signal.SIGKILL)  # the driver and the Ray it started
+        return super().__call__(batch)
+
+if __name__ == "__main__":
+    os.environ["DRIVER_PGID"] = str(os.getpgid(0))
+    ckpt, photos, out = sys.argv[1:4]
+    stylize(photos, BatchOptions(checkpoint=ckpt, output=open_storage(out), batch_size=4, progress=False,
+                                 actor_cls=KillDriverAtBatch10))
+"""
+
+
 def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_cluster, photos, cyclegan_ckpt, tmp_path):
     # the uninterrupted run, for comparison
     clean = tmp_path / "clean"
@@ -152,22 +174,19 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_clus
     assemble(open_storage(str(clean)), str(tmp_path / "clean.zip"), min_images=200, max_images=200)
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jobs.stylize", "--checkpoint", cyclegan_ckpt, "--input", str(photos),
-           "--output", str(out), "--batch-size", "4", "--no-progress"]
+    (tmp_path / "kill_driver.py").write_text(KILL_DRIVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("*.jpg"))) < 20:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-    proc.wait()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill_driver.py"), cyclegan_ckpt, str(photos), str(out)],
+                          cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
     partial = len(list(out.glob("*.jpg")))
-    assert 20 <= partial < 200 and not (out / REPORT).exists()
+    assert partial < 200 and (out / MANIFEST).exists() and not (out / REPORT).exists()
     result = stylize(str(photos), opts(cyclegan_ckpt, out))
     c = result.report["counts"]
-    assert c["skipped_existing"] >= partial and c["written"] == 200 - c["skipped_existing"] and c["outputs"] == 200
-    assert len(list(out.glob("*.jpg"))) == 200 and not list(out.glob(".tmp-*"))
+    assert c["skipped_existing"] == partial and c["written"] == 200 - partial and c["outputs"] == 200
+    assert len(list(out.glob("*.jpg"))) == 200 and not list(out.glob(".tmp-*"))  # the rerun removed stale temps
     assemble(open_storage(str(out)), str(tmp_path / "resumed.zip"), min_images=200, max_images=200)
     a, b = _zip_contents(tmp_path / "clean.zip"), _zip_contents(tmp_path / "resumed.zip")
     assert sorted(a) == sorted(b)

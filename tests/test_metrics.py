@@ -1,4 +1,4 @@
-"""MiFID true to Kaggle's formula: closed forms, torchmetrics cross-checks, direction, penalty, zips, Inception."""
+"""MiFID true to Kaggle's formula: closed forms, an independent transcription, direction, penalty, zips, Inception."""
 import json
 import zipfile
 
@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from gan.eval.evaluate import EvalOptions, evaluate, summary_line
-from gan.eval.features import INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract, make_extractor
+from gan.eval.features import FIDELITY_FILE, INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract, make_extractor
 from gan.io.images import decode_image
 from gan.eval.metrics import fid, fid_from_stats, memorization_distance, mifid
 from gan.batch.submission import SubmissionError
@@ -42,21 +42,12 @@ def test_fid_of_two_gaussians_matches_the_closed_form():
     assert fid(a, b) == pytest.approx(float(expected), rel=0.02)
 
 
-def test_our_fid_equals_torchmetrics_fid_and_the_reference():
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    class Identity(torch.nn.Module):  # the features themselves are fed in as "images"
-        def forward(self, x):
-            return x.flatten(1).double()[:, :16]
-
+def test_our_fid_equals_an_independent_transcription():
+    """Our FID calls torchmetrics' helper; the check is the numpy/scipy transcription, which shares no code."""
     rng = np.random.default_rng(1)
     gen, real = rng.gamma(2.0, 1.0, (300, 16)), rng.gamma(2.5, 1.0, (200, 16))
-    tm = FrechetInceptionDistance(feature=Identity())
-    tm.set_dtype(torch.float64)
-    tm.update(torch.from_numpy(real), real=True)
-    tm.update(torch.from_numpy(gen), real=False)
-    assert fid(gen, real) == pytest.approx(float(tm.compute()), rel=1e-6)
     assert fid(gen, real) == pytest.approx(reference_mifid(gen, real, real)[0], rel=1e-6)
+    assert fid(gen, gen) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_memorization_distance_takes_the_competitions_direction():
@@ -157,3 +148,48 @@ def test_inception_features_of_real_images(kaggle_data):
     assert a.shape == (4, 2048) and np.isfinite(a).all() and a.min() >= 0 and a.max() > 0.1
     assert np.array_equal(a, b)  # deterministic
     assert not np.allclose(a[0], a[1])  # different paintings, different features
+
+
+def _fidelity_weights_from(torchscript: InceptionFeatures, path, monkeypatch):
+    """torch-fidelity's weight file for the same network, built conv by conv from the TorchScript file's weights
+    (both are TF's 2015-12-05 graph; its batch norms have no scale, so gamma = 1)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
+    with monkeypatch.context() as m:  # build the bare network: skip its download and its weight load
+        m.setattr(torch, "load", lambda *a, **k: {})
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="none")
+    groups: dict = {}
+    for key, value in torchscript.net.state_dict().items():
+        base, leaf = key.rsplit(".", 1)
+        groups.setdefault(base, {})[leaf] = value
+    convs = [mod for mod in net.modules() if isinstance(mod, BasicConv2d)]
+    assert len(convs) == len(groups) == 94
+    for conv, g in zip(convs, groups.values()):
+        assert conv.conv.weight.shape == g["weight"].shape
+        conv.conv.weight.data.copy_(g["weight"])
+        conv.bn.weight.data.fill_(1.0)
+        conv.bn.bias.data.copy_(g["beta"])
+        conv.bn.running_mean.copy_(g["mean"])
+        conv.bn.running_var.copy_(g["var"])
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _known_images() -> np.ndarray:
+    return np.stack([decode_image(image_bytes(seed=0), "a.jpg"), decode_image(image_bytes(seed=1, size=(300, 200)), "b")])
+
+
+def test_both_inception_weight_files_give_the_same_features(tmp_path, monkeypatch):
+    """torch-fidelity's network does TF's own resize and (x - 128) / 128 inside; ours must match it."""
+    ours = InceptionFeatures()
+    fidelity = InceptionFeatures(str(_fidelity_weights_from(ours, tmp_path / FIDELITY_FILE, monkeypatch)))
+    a, b = extract(ours, _known_images()), extract(fidelity, _known_images())
+    assert np.abs(a - b).max() < 1e-3 and np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-4
+
+
+def test_inception_features_of_a_known_image_are_pinned():
+    """Recorded once from the TF-exact path: any change of preprocessing (resize, scaling) moves these values."""
+    f = extract(InceptionFeatures(), _known_images())
+    idx = [0, 1, 7, 100, 1000, 2047]
+    pinned = [[0.71915, 0.0, 2.18696, 0.25476, 0.10806, 0.57496], [0.41006, 0.0, 2.48655, 0.20146, 0.00134, 0.29087]]
+    assert f[:, idx] == pytest.approx(np.array(pinned), abs=2e-3)

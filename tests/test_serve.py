@@ -112,7 +112,12 @@ def test_generate_is_seeded(server):
     assert post(server["url"] + "/generate?count=1000", b"")[0] == 400
 
 
-def test_concurrent_clients_all_succeed_and_are_batched(server):
+def _stats(server) -> dict:
+    with urllib.request.urlopen(server["url"] + "/stats") as r:
+        return yaml.safe_load(r.read())
+
+
+def test_concurrent_clients_all_succeed(server):
     photo = image_bytes()
 
     def client(_):
@@ -121,9 +126,58 @@ def test_concurrent_clients_all_succeed_and_are_batched(server):
     with cf.ThreadPoolExecutor(8) as pool:
         codes = [c for r in pool.map(client, range(8)) for c in r]
     assert codes == [200] * 160
-    with urllib.request.urlopen(server["url"] + "/stats") as r:
-        stats = yaml.safe_load(r.read())
-    assert stats["max_batch_seen"] > 1  # requests were served together
+
+
+def test_requests_that_arrive_together_are_one_batch(server):
+    """A barrier, not a race: the batch waits up to 60 s, so it forms exactly when the 4th request arrives."""
+    from ray import serve
+    from serve.app import GanServer
+    serve.run(GanServer.options(user_config={**server["config"], "max_batch_size": 4, "batch_wait_timeout_s": 60})
+              .bind(), name="gan", route_prefix="/")
+    try:
+        before = _stats(server)["batch_sizes"].get("4", 0)
+        with cf.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda i: post(server["url"] + "/stylize", image_bytes(seed=i))[0], range(4)))
+        assert codes == [200] * 4
+        assert _stats(server)["batch_sizes"].get("4", 0) == before + 1
+    finally:
+        serve.run(GanServer.options(user_config=server["config"]).bind(), name="gan", route_prefix="/")
+
+
+def test_a_chunked_upload_over_the_limit_is_413(server):
+    import http.client
+    host, port = server["url"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    chunks = (b"x" * 100_000 for _ in range(25))  # 2.5 MB, no Content-Length: only the streaming check sees it
+    conn.request("POST", "/stylize", body=chunks, headers={"Content-Type": "image/jpeg"}, encode_chunked=True)
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    assert resp.status == 413 and "limit" in body and resp.getheader("Content-Type") == "application/json"
+
+
+def test_query_parameters_are_validated(server):
+    for query in ("seed=-1", "seed=abc", "count=0", "count=x", f"seed={2 ** 64}"):
+        status, ctype, body = post(server["url"] + "/generate?" + query, b"", "application/octet-stream")
+        assert status == 400 and ctype == "application/json" and b"error" in body, query
+
+
+def test_health_answers_while_a_large_upload_is_decoded(server):
+    from gan.io.images import decode_image
+    buf = io.BytesIO()
+    Image.new("RGB", (8000, 8000), (120, 80, 40)).save(buf, "PNG")  # a small file, 64 M pixels to decode
+    big = buf.getvalue()
+    t0 = time.perf_counter()
+    decode_image(big, "big.png")
+    decode_s = time.perf_counter() - t0
+    with cf.ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(post, server["url"] + "/stylize", big, "image/png")
+        time.sleep(decode_s / 4)  # the upload is in, its decode under way
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(server["url"] + "/healthz", timeout=60) as r:
+            assert r.status == 200
+        health_s = time.perf_counter() - t0
+        assert upload.result()[0] == 200
+    assert health_s < decode_s / 2, (health_s, decode_s)  # the decode ran off the event loop
 
 
 def test_new_checkpoint_rolls_out_without_dropping_requests(server):

@@ -1,11 +1,11 @@
 """Batch jobs that write images (stylize, generate): the plan, the generator actor, the manifest and the report.
 
 The work runs on the shared pipeline (`gan.batch.pipeline`). Exactly once: an output is written atomically
-under a name fixed by the manifest, and a rerun schedules only the names that do not exist yet.
+under a name fixed by the manifest, a rerun of the same job schedules only the names that do not exist yet,
+and a different job is refused (`gan.batch.manifest`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import time
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gan.batch.inference import sample_pixels, stylize_pixels
+from gan.batch.manifest import (MANIFEST, REPORT, JobMismatchError, check_same_job, clear_outputs, job_manifest,
+                                read_manifest)
 from gan.batch.pipeline import DecodeStage, Row, WriteStage, actor_plan, run_pipeline
 from gan.checkpoint import from_bytes
 from gan.io.images import IMAGE_SIZE
@@ -21,8 +23,6 @@ from gan.io.sources import Rejected
 from gan.io.storage import Storage, StorageError, read_uri
 from gan.models.registry import kind_for
 
-REPORT = "_report.json"
-MANIFEST = "_manifest.json"
 OUTPUT_SUFFIX = ".jpg"
 
 
@@ -37,6 +37,7 @@ class BatchOptions:
     channels_last: bool = True
     progress: bool = True
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
+    overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
 
 
 @dataclass
@@ -75,16 +76,7 @@ class GeneratorActor:
 
 # --- driver ---------------------------------------------------------------------------------------
 
-def fingerprint(kind: str, checkpoint_bytes: bytes, plan: list[Row], extra: dict) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"kind": kind, **extra}, sort_keys=True).encode())
-    h.update(hashlib.sha256(checkpoint_bytes).digest())
-    for row in plan:
-        h.update(f"{row.name}\0{row.out}\n".encode())
-    return h.hexdigest()
-
-
-def finished_report(storage: Storage, fp: str, plan: list[Row]) -> dict | None:
+def finished_report(storage: Storage, fp: str, plan: list[Row], existing: set[str]) -> dict | None:
     """The earlier report when this exact job already finished and all its outputs exist, else None."""
     if not storage.exists(REPORT):
         return None
@@ -94,30 +86,39 @@ def finished_report(storage: Storage, fp: str, plan: list[Row]) -> dict | None:
         return None
     if report.get("fingerprint") != fp:
         return None
-    existing = set(storage.list())
     rejected = {r["name"] for r in report.get("rejected", [])}
     return report if all(row.out in existing or row.name in rejected for row in plan) else None
 
 
-def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: BatchOptions,
-              extra: dict, early_rejects: list[Rejected], seed: int = 0) -> JobResult:
-    """Run `plan` and write the report.
+def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: BatchOptions, extra: dict,
+              early_rejects: list[Rejected], settings: dict | None = None, seed: int = 0) -> JobResult:
+    """Run `plan` under the output folder's manifest contract (gan.batch.manifest) and write the report.
 
-    Rows whose output exists are skipped; a finished job (same fingerprint, all outputs there) does nothing.
+    `settings` are what, beside the checkpoint, the image policy and the inputs, decides the outputs (seed,
+    count); `extra` is recorded only. The same job resumes (outputs that exist are skipped; a finished job
+    does nothing); another job is refused unless `opts.overwrite`, which clears the old job's outputs first.
     """
+    started = time.time()
     out = opts.output
+    out.remove_stale_temps(before=started)  # what a killed run of this job left half-written
     ckpt_bytes = read_uri(opts.checkpoint)
     kind = from_bytes(ckpt_bytes, opts.checkpoint, expect_kind=kind_for(job)).kind
-    fp = fingerprint(kind, ckpt_bytes, plan, extra)
-    done_report = finished_report(out, fp, plan)
-    if done_report is not None:
-        return JobResult(done_report, skipped_run=True)
-
-    manifest = json.dumps({"job": job, "fingerprint": fp, **extra,
-                           "outputs": {row.out: row.name for row in plan}}, indent=1, sort_keys=True).encode()
-    if not out.exists(MANIFEST) or out.read(MANIFEST) != manifest:
-        out.write(MANIFEST, manifest)
+    manifest = job_manifest(job, kind, ckpt_bytes, plan, settings or {}, extra)
+    fp = manifest["fingerprint"]
+    planned = [row.out for row in plan]
     existing = set(out.list())
+    old = read_manifest(out)
+    if opts.overwrite:
+        if clear_outputs(out, old, planned, existing):
+            existing = set(out.list())
+    else:
+        check_same_job(out, old, manifest, planned, existing)
+        done_report = finished_report(out, fp, plan, existing)
+        if done_report is not None:
+            return JobResult(done_report, skipped_run=True)
+    encoded = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    if not out.exists(MANIFEST) or out.read(MANIFEST) != encoded:
+        out.write(MANIFEST, encoded)
     todo = [row for row in plan if row.out not in existing]
     skipped = len(plan) - len(todo)
     rejected = list(early_rejects)
@@ -158,3 +159,7 @@ def summary_line(result: JobResult) -> str:
         return f"{r['job']}: already complete, nothing to do ({c['outputs']} images, {c['rejected']} rejected)"
     return (f"{r['job']}: {c['outputs']} images ({c['written']} new, {c['skipped_existing']} already done), "
             f"{r['seconds']:.1f} s, {r['images_per_s'] or 0:.1f} images/s, {c['rejected']} rejected")
+
+
+__all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "JobResult", "JobMismatchError", "GeneratorActor",
+           "run_batch", "summary_line"]

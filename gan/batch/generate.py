@@ -14,4 +14,5 @@ def plan_generate(count: int) -> list[Row]:
 
 def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:
     extra = {"count": count, "seed": seed, "output": opts.output.uri, "checkpoint": opts.checkpoint}
-    return run_batch("generate", plan_generate(count), None, opts, extra, [], seed=seed)
+    return run_batch("generate", plan_generate(count), None, opts, extra, [], {"seed": seed, "count": count},
+                     seed=seed)

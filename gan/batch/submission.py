@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import zipfile
 
+from gan.batch.manifest import manifest_outputs
 from gan.io.images import IMAGE_SIZE, BadImageError, open_image
 from gan.io.storage import Storage, split_uri
 
@@ -34,7 +35,11 @@ def check_submission_image(data: bytes, name: str) -> None:
 
 
 def image_keys(storage: Storage) -> list[str]:
-    """The images a job wrote (top level, .jpg), not its report or manifest."""
+    """The images a batch job wrote: exactly its manifest's outputs (nothing else in the folder, no leftovers of
+    an earlier run); for a folder no job wrote, every top-level JPEG."""
+    owned = manifest_outputs(storage)
+    if owned is not None:
+        return owned
     return [k for k in storage.list() if "/" not in k and k.lower().endswith(IMAGE_SUFFIXES)]
 
 

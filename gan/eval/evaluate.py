@@ -19,7 +19,7 @@ from gan.eval.metrics import mifid
 from gan.io.naming import safe_stem
 from gan.train.samples import grid_png
 from gan.io.sources import Rejected, is_zip, read_input, scan_uri
-from gan.io.storage import Storage, open_storage, split_uri
+from gan.io.storage import Storage, split_uri
 from gan.batch.submission import SubmissionError, check_count, check_submission_image
 
 
@@ -54,10 +54,12 @@ class FeatureActor:
         return {"row": batch["row"], "features": feats, "error": batch["error"]}
 
 
-def features_of(uri: str, opts: EvalOptions, label: str) -> tuple[list[str], np.ndarray, list[Rejected]]:
-    """(names, (N, D) features, rejected) of every image at `uri`, computed on the shared batch pipeline."""
+def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
+                ) -> tuple[list[str], np.ndarray, list[Rejected]]:
+    """(names, (N, D) features, rejected) of every image at `uri`, computed on the shared batch pipeline.
+
+    `strict`: `uri` is a submission zip, so every member must be a 256x256 RGB JPEG and the count in range."""
     items, rejected, storage = scan_uri(uri)
-    strict = is_zip(uri)
     rows = [Row(i.name, n, item=i) for n, i in enumerate(items)]
     results = run_pipeline(
         rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights},
@@ -107,21 +109,21 @@ def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8)
 
 
 def report_location(generated_uri: str, report_uri: str | None) -> tuple[Storage, str, str]:
-    """(storage, report name, contact sheet name): beside the images, or beside the zip."""
+    """(storage, report name, contact sheet name): beside the zip or the folder, never inside what is scored
+    (`out/` -> `out.evaluation.json`, `out.contact_sheet.png` next to it)."""
     if report_uri:
         storage, name = split_uri(report_uri)
         return storage, name, name.rsplit(".", 1)[0] + "_contact_sheet.png"
-    if is_zip(generated_uri):
-        storage, name = split_uri(generated_uri)
-        return storage, f"{name}.evaluation.json", f"{name}.contact_sheet.png"
-    return open_storage(generated_uri), "_evaluation.json", "_contact_sheet.png"
+    storage, name = split_uri(generated_uri)
+    return storage, f"{name}.evaluation.json", f"{name}.contact_sheet.png"
 
 
 def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, photos: str | None = None,
              report_uri: str | None = None) -> dict:
     start = time.monotonic()
+    storage, report_name, sheet_name = report_location(generated, report_uri)  # a bad place fails first
     extractor = make_extractor(opts.features, opts.inception_weights).name  # missing weights fail here, first
-    g_names, g_feats, g_rej = features_of(generated, opts, "generated")
+    g_names, g_feats, g_rej = features_of(generated, opts, "generated", strict=is_zip(generated))
     r_names, r_feats, r_rej = features_of(real, opts, "real")
     t_names, t_feats = r_names, r_feats
     if train and train != real:
@@ -138,7 +140,6 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
         "seconds": round(time.monotonic() - start, 2),
         "rejected": [{"name": r.name, "reason": r.reason} for r in g_rej + r_rej],
     }
-    storage, report_name, sheet_name = report_location(generated, report_uri)
     storage.write(sheet_name, contact_sheet(generated, photos))
     report["contact_sheet"] = storage.child(sheet_name)
     storage.write(report_name, json.dumps(report, indent=1).encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,34 @@ def find_inception(weights: str | None = None) -> Path:
     raise MissingWeightsError(where + HOW_TO_GET)
 
 
+INCEPTION_SIZE = 299
+
+
+def tf1_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out, in) weights of TensorFlow 1.x's ResizeBilinear (align_corners=False, no half-pixel centres): output
+    i samples input i * in/out, between its floor and the next pixel (clamped at the edge), as FID's graph does."""
+    src = torch.arange(out_size, dtype=torch.float64) * (in_size / out_size)
+    lo = src.floor().long().clamp(max=in_size - 1)
+    hi = (lo + 1).clamp(max=in_size - 1)
+    frac = src - lo.double()
+    m = torch.zeros(out_size, in_size, dtype=torch.float64)
+    m[torch.arange(out_size), lo] += 1 - frac
+    m[torch.arange(out_size), hi] += frac
+    return m.float()
+
+
+def tf_fid_preprocess(pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in 0..255 -> (N, 3, 299, 299) as TF's FID Inception graph sees it: TF1 bilinear resize, then
+    (x - 128) / 128, as torch-fidelity does inside its network for the other weight file."""
+    x = pixels.float()
+    rows = tf1_resize_matrix(x.shape[-2], INCEPTION_SIZE).to(x.device)   # (299, H)
+    cols = tf1_resize_matrix(x.shape[-1], INCEPTION_SIZE).to(x.device)   # (299, W)
+    x = rows @ x @ cols.T                                                # (N, 3, 299, 299)
+    return (x - 128) / 128
+
+
 class InceptionFeatures(torch.nn.Module):
-    """(N, 3, H, W) uint8-range images -> (N, 2048) pool features."""
+    """(N, 3, H, W) uint8-range images -> (N, 2048) pool features, preprocessed as TF's FID code does."""
 
     def __init__(self, weights: str | None = None):
         super().__init__()
@@ -74,24 +101,26 @@ class InceptionFeatures(torch.nn.Module):
             except ImportError:
                 raise MissingWeightsError(f"{path} needs the torch-fidelity package to build the network. "
                                           + HOW_TO_GET) from None
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+            torch.load(path, map_location="cpu", weights_only=True)  # tensors only, before torch-fidelity's own
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],  # load (weights_only=False)
+                                                   feature_extractor_weights_path=str(path))
             self.kind = "fidelity"
         else:
             digest = _sha1(path)
             if digest != INCEPTION_SHA1:
                 raise MissingWeightsError(f"{path}: SHA1 {digest} is not the FID Inception's {INCEPTION_SHA1}")
-            self.net = torch.jit.load(str(path), map_location="cpu")  # TorchScript: code and weights, hash-checked
+            with warnings.catch_warnings():  # torch 2.10+ marks jit.load deprecated; the file is TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu")  # code and weights, hash-checked
             self.kind = "torchscript"
         self.net.eval()
         self.name = f"inception-2015-12-05 ({path.name})"
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.kind == "fidelity":  # torch-fidelity resizes itself and takes uint8
-            return self.net(pixels.to(torch.uint8))[0].reshape(len(pixels), -1)
-        x = pixels.float() / 127.5 - 1.0                                       # [-1, 1]
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # (N, 3, 299, 299)
-        return self.net(x).reshape(len(pixels), -1)
+        if self.kind == "fidelity":  # torch-fidelity's network does TF's resize and normalisation itself
+            return self.net(pixels.round().clamp(0, 255).to(torch.uint8))[0].reshape(len(pixels), -1)
+        return self.net(tf_fid_preprocess(pixels)).reshape(len(pixels), -1)
 
 
 class PixelFeatures(torch.nn.Module):

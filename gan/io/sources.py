@@ -7,14 +7,17 @@ Anything that cannot be an input (a corrupt TFRecord file) becomes a `Rejected` 
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
-from gan.io.images import MAX_BYTES
+from gan.io.images import MAX_BYTES, BadImageError
 from gan.io.storage import RangeFile, Storage, StorageError, open_storage, split_uri
-from gan.io.tfrecord import TFRecordError, example_image, iter_record_spans
+from gan.io.tfrecord import TFRecordError, example_image, iter_record_frames
 
 TFRECORD_SUFFIXES = (".tfrec", ".tfrecord", ".tfrecords")
 ZIP_SUFFIX = ".zip"
@@ -27,6 +30,8 @@ class InputItem:
     offset: int = 0    # byte range of a TFRecord record or a zip member; length -1 means the whole file
     length: int = -1
     container: str = ""  # "", "tfrecord", or "zip-<compression method>"
+    size: int = -1     # bytes of the image itself (file, uncompressed member, record), known before reading
+    tag: str = ""      # its content's identity: a digest, an S3 ETag, a zip member's CRC-32
 
 
 @dataclass(frozen=True)
@@ -62,40 +67,87 @@ def _zip_items(storage: Storage, key: str, rel: str) -> list[InputItem]:
             infos = [i for i in zf.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as e:
         raise StorageError(f"{storage.child(key)}: not a zip file ({e})") from None
-    return [InputItem(f"{rel}/{i.filename}", key, i.header_offset, i.compress_size, f"zip-{i.compress_type}")
-            for i in infos]
+    return [InputItem(f"{rel}/{i.filename}", key, i.header_offset, i.compress_size, f"zip-{i.compress_type}",
+                      i.file_size, f"crc32:{i.CRC:08x}") for i in infos]
+
+
+def records_in_name(key: str) -> int | None:
+    """Kaggle's TFRecord files say how many records they hold: photo00-352.tfrec holds 352."""
+    m = re.search(r"-(\d+)\.tfrec(?:ords?)?$", key, re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def _tfrecord_items(data: bytes, key: str, rel: str) -> tuple[list[InputItem], list[Rejected]]:
+    """One input per record. A record with a bad checksum or Example is one reject; a broken frame rejects the
+    rest of the file, one line per record when the file's name says how many it holds."""
+    items: list[InputItem] = []
+    rejected: list[Rejected] = []
+    seen = 0
+    try:
+        for index, offset, payload in iter_record_frames(data, key):
+            seen = index + 1
+            try:
+                if isinstance(payload, TFRecordError):
+                    raise payload
+                image_name, image = example_image(payload, f"{key}: record {index}")
+            except TFRecordError as e:
+                rejected.append(Rejected(f"{rel}#record{index}", str(e)))
+                continue
+            tag = "b2:" + hashlib.blake2b(payload, digest_size=16).hexdigest()
+            items.append(InputItem(f"{rel}/{image_name}", key, offset, len(payload), "tfrecord", len(image), tag))
+    except TFRecordError as e:
+        first, total = getattr(e, "index", seen), records_in_name(key)
+        if total is not None and total > first:
+            rejected += [Rejected(f"{rel}#record{i}", f"{e}; record {i} cannot be located")
+                         for i in range(first, total)]
+        else:
+            rejected.append(Rejected(f"{rel}#record{first}+", f"{e}; this and later records of the file skipped"))
+    return items, rejected
+
+
+def _unique_names(items: list[InputItem]) -> list[InputItem]:
+    """Sorted by name; a name that repeats (two zip members or records named a.jpg) gets #2, #3, ... in the
+    order of where the inputs sit, so every input keeps its own output and report line."""
+    items = sorted(items, key=lambda i: (i.name, i.key, i.offset))
+    seen: Counter[str] = Counter()
+    out = []
+    for item in items:
+        seen[item.name] += 1
+        out.append(item if seen[item.name] == 1 else replace(item, name=f"{item.name}#{seen[item.name]}"))
+    return out
 
 
 def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = None
                 ) -> tuple[list[InputItem], list[Rejected]]:
-    """All inputs under `prefix` (or in `keys`), sorted by name; raises StorageError when there is nothing."""
-    keys = storage.list(prefix) if keys is None else keys
-    if not keys:
+    """All inputs under `prefix` (or in `keys`), sorted by name; raises StorageError when there is nothing.
+
+    Sizes and content tags come from the listing (S3), the zip's directory or the record framing; local files
+    are digested. Nothing over the size limit is read here."""
+    infos = storage.list_info(prefix) if keys is None else [storage.info(k) for k in keys]
+    if not infos:
         raise StorageError(f"{storage.child(prefix)}: no files found (empty folder or missing prefix)")
     items: list[InputItem] = []
     rejected: list[Rejected] = []
-    for key in keys:
+    for info in infos:
+        key = info.key
         rel = key[len(prefix):].lstrip("/") if prefix else key
         if is_tfrecord(key):
-            data = storage.read(key)
-            count = 0
-            try:
-                for offset, payload in iter_record_spans(data, key):
-                    image_name, _ = example_image(payload, f"{key}: record {count}")
-                    items.append(InputItem(f"{rel}/{image_name}", key, offset, len(payload), "tfrecord"))
-                    count += 1
-            except TFRecordError as e:
-                rejected.append(Rejected(f"{rel}#record{count}+", f"{e}; this and later records of the file skipped"))
+            found, bad = _tfrecord_items(storage.read(key), key, rel)
+            items += found
+            rejected += bad
         elif is_zip(key):
             items.extend(_zip_items(storage, key, rel))
         else:  # every other file is an input: a non-image ends as a rejected line, never a silent skip
-            items.append(InputItem(rel, key))
-    items.sort(key=lambda i: i.name)
-    return items, rejected
+            tag = info.tag or (storage.content_tag(key) if info.size <= MAX_BYTES else f"size:{info.size}")
+            items.append(InputItem(rel, key, size=info.size, tag=tag))
+    return _unique_names(items), rejected
 
 
 def read_input(storage: Storage, item: InputItem) -> bytes:
-    """The image bytes of one input (JPEG bytes for a TFRecord record)."""
+    """The image bytes of one input (JPEG bytes for a TFRecord record), refusing one over the size limit
+    before any of its bytes are read."""
+    if item.size > MAX_BYTES:
+        raise BadImageError(item.name, f"file is {item.size} bytes, over the {MAX_BYTES}-byte limit")
     if item.length < 0:
         return storage.read(item.key)
     if item.container.startswith("zip-"):

@@ -8,6 +8,7 @@ and connection errors.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
@@ -25,10 +26,22 @@ class StorageError(OSError):
     """A storage location that cannot be used; the message names it."""
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    tag: str = ""   # the content's identity when the listing gives it (S3 ETag); "" means ask content_tag()
+
+
 class Storage(Protocol):
     uri: str
 
     def list(self, prefix: str = "") -> list[str]: ...
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def info(self, key: str) -> ObjectInfo: ...
+    def content_tag(self, key: str) -> str: ...
+    def delete(self, key: str) -> None: ...
+    def remove_stale_temps(self, before: float) -> int: ...
     def read(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, length: int) -> bytes: ...
     def size(self, key: str) -> int: ...
@@ -64,6 +77,36 @@ class LocalStorage:
         root = Path(self.root)
         return sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".tmp-"))
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        return [self.info(key) for key in self.list(prefix)]
+
+    def info(self, key: str) -> ObjectInfo:
+        return ObjectInfo(key, self.size(key))
+
+    def content_tag(self, key: str) -> str:
+        """A digest of the file's bytes (BLAKE2b, read in 1 MiB pieces)."""
+        h = hashlib.blake2b(digest_size=16)
+        with open(self._path(key), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return "b2:" + h.hexdigest()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def remove_stale_temps(self, before: float) -> int:
+        """Delete temp files (`.tmp-*`, left by a killed writer) last modified before `before` (epoch seconds)."""
+        root, removed = Path(self.root), 0
+        if not root.is_dir():
+            return 0
+        for path in root.rglob(".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def read(self, key: str) -> bytes:
         try:
@@ -156,18 +199,35 @@ class S3Storage:
             raise StorageError(f"{what}: cannot reach S3 ({e})") from None
 
     def list(self, prefix: str = "") -> list[str]:
+        return [info.key for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Keys under `prefix` with sizes and ETags from the listing itself (no request per object)."""
         full = self._key(prefix)
         full = full + "/" if full else ""
         base = join_key(self.prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call(self.child(prefix), lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
-        keys: list[str] = []
+        infos: list[ObjectInfo] = []
         for page in pages:
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(base) + 1:] if base else obj["Key"]
                 if rel and not rel.endswith("/"):
-                    keys.append(rel)
-        return sorted(keys)
+                    infos.append(ObjectInfo(rel, int(obj["Size"]), "etag:" + obj.get("ETag", "").strip('"')))
+        return sorted(infos, key=lambda i: i.key)
+
+    def info(self, key: str) -> ObjectInfo:
+        head = self._call(self.child(key), self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        return ObjectInfo(key, int(head["ContentLength"]), "etag:" + head.get("ETag", "").strip('"'))
+
+    def content_tag(self, key: str) -> str:
+        return self.info(key).tag
+
+    def delete(self, key: str) -> None:
+        self._call(self.child(key), self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def remove_stale_temps(self, before: float) -> int:
+        return 0  # S3 objects appear whole (PUT, completed multipart uploads): nothing half-written to remove
 
     def read(self, key: str) -> bytes:
         resp = self._call(self.child(key), self.client.get_object, Bucket=self.bucket, Key=self._key(key))

@@ -11,9 +11,6 @@ from typing import BinaryIO, Iterator
 
 import crc32c
 
-KAGGLE_FEATURES = ("image_name", "image", "target")
-
-
 class TFRecordError(ValueError):
     """A malformed TFRecord file; the message names the file, the record and what is wrong."""
 
@@ -140,25 +137,43 @@ def iter_records(data: bytes, source: str) -> Iterator[bytes]:
 
 
 def iter_record_spans(data: bytes, source: str) -> Iterator[tuple[int, bytes]]:
-    """(offset of the payload, payload) for each record, verifying both checksums."""
+    """(offset of the payload, payload) for each record, verifying both checksums; the first damage raises."""
+    for _, offset, payload in iter_record_frames(data, source):
+        if isinstance(payload, TFRecordError):
+            raise payload
+        yield offset, payload
+
+
+def iter_record_frames(data: bytes, source: str) -> Iterator[tuple[int, int, bytes | TFRecordError]]:
+    """(index, payload offset, payload) for each record; a record whose data checksum fails comes as
+    (index, offset, TFRecordError) and the next records still follow, since its framing locates them.
+    A broken frame (bad length checksum, truncation) raises TFRecordError with `.index`: nothing after it can
+    be located."""
     pos, index = 0, 0
     while pos < len(data):
         if pos + 12 > len(data):
-            raise TFRecordError(f"{source}: record {index}: truncated header at byte {pos}")
+            raise _frame_error(f"{source}: record {index}: truncated header at byte {pos}", index)
         header = data[pos:pos + 8]
         (length,) = struct.unpack("<Q", header)
         (length_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
         if masked_crc(header) != length_crc:
-            raise TFRecordError(f"{source}: record {index}: bad length checksum at byte {pos} (corrupt file)")
+            raise _frame_error(f"{source}: record {index}: bad length checksum at byte {pos} (corrupt file)", index)
         start, end = pos + 12, pos + 12 + length
         if end + 4 > len(data):
-            raise TFRecordError(f"{source}: record {index}: truncated (needs {length} bytes at byte {start})")
+            raise _frame_error(f"{source}: record {index}: truncated (needs {length} bytes at byte {start})", index)
         payload = data[start:end]
         (data_crc,) = struct.unpack("<I", data[end:end + 4])
         if masked_crc(payload) != data_crc:
-            raise TFRecordError(f"{source}: record {index}: bad data checksum (corrupt record)")
-        yield start, payload
+            yield index, start, TFRecordError(f"{source}: record {index}: bad data checksum (corrupt record)")
+        else:
+            yield index, start, payload
         pos, index = end + 4, index + 1
+
+
+def _frame_error(message: str, index: int) -> TFRecordError:
+    error = TFRecordError(message)
+    error.index = index
+    return error
 
 
 def example_image(payload: bytes, where: str) -> tuple[str, bytes]:
