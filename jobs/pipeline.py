@@ -20,7 +20,7 @@ from gan.eval.features import MissingWeightsError, find_inception
 from gan.io.storage import open_storage, write_uri
 from gan.batch.stylize import stylize
 from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
-from gan.train.loop import GENERATOR_FILE, TrainSettings, run_training
+from gan.train.loop import BEST_FILE, GENERATOR_FILE, TrainSettings, run_training
 
 STAGES = 5
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--eval-photos", type=int, default=None,
+                   help="score the generator during training on this many photos (default: 1000 with --data, else off)")
     p.add_argument("--features", choices=["inception", "pixels"], default=None,
                    help="MiFID features (default: Inception when installed, else the labelled pixel stand-in)")
     args = p.parse_args(argv)
@@ -74,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = TrainSettings(model="cyclegan", photos=photos, paintings=paintings, epochs=args.epochs,
                              batch_size=args.batch_size, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                             eval_photos=args.eval_photos if args.eval_photos is not None else (1000 if args.data else 0),
+                             eval_features=args.features or "auto",
                              model_config={"image_size": args.image_size, "ngf": args.ngf, "n_blocks": args.n_blocks,
                                            "ndf": max(8, args.ngf)})
     checkpoint = f"{work}/generator.pt"
     with Stage(2, f"train CycleGAN, {args.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
         result = run_training(settings, "pipeline", f"{work}/runs")
         with result.checkpoint.as_directory() as d:
-            write_uri(checkpoint, (Path(d) / GENERATOR_FILE).read_bytes())
+            best = Path(d) / BEST_FILE  # the best-scoring epoch's generator when training scored itself
+            write_uri(checkpoint, (best if best.exists() else Path(d) / GENERATOR_FILE).read_bytes())
 
     out = open_storage(f"{work}/images")
     with Stage(3, "stylize every photo", out.uri):

@@ -15,17 +15,29 @@ import yaml
 
 from jobs.cli import location, parser, run_main
 from gan.io.storage import write_uri
-from gan.train.loop import GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
+from gan.train.loop import BEST_FILE, CURVE_FILE, GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
 
 MODEL_FLAGS = {"image_size": int, "ngf": int, "ndf": int, "n_blocks": int, "n_layers_d": int, "nz": int,
                "lr": float, "lambda_cycle": float, "lambda_identity": float, "decay_epochs": int, "pool_size": int,
-               "diffaugment": str}
+               "diffaugment": str, "upsample": str, "ema": float}
 RUN_FLAGS = {"epochs": int, "batch_size": int, "checkpoint_every": int, "keep_checkpoints": int, "num_workers": int,
-             "cpus_per_worker": float, "loader_workers": int, "max_failures": int, "seed": int, "steps_per_epoch": int}
+             "cpus_per_worker": float, "loader_workers": int, "max_failures": int, "seed": int, "steps_per_epoch": int,
+             "eval_every": int, "eval_photos": int, "eval_features": str}
+
+
+# Named starting points, measured (see README "Quality"): a recipe's values are defaults that --config and flags
+# override.
+RECIPES = {
+    # 2-core CPU, 30 minutes: 128 px crops, a small generator with resize-convolution and EMA, DiffAugment on D
+    "kaggle-cpu": {"image_size": 128, "ngf": 16, "n_blocks": 4, "ndf": 32, "batch_size": 2, "upsample": "resize",
+                   "ema": 0.999, "diffaugment": "color,translation,cutout", "epochs": 11, "decay_epochs": 6,
+                   "steps_per_epoch": 300, "eval_every": 2, "eval_photos": 200},
+}
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
     p = parser(__doc__)
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a measured set of settings to start from")
     p.add_argument("--config", type=location, help="YAML file with any of the settings below (flags override it)")
     p.add_argument("--model", choices=["cyclegan", "dcgan"], default="cyclegan")
     p.add_argument("--data", type=location, help="Kaggle-layout root: photos from photo_jpg/, paintings from monet_jpg/")
@@ -33,11 +45,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
     p.add_argument("--paintings", type=location, help="paintings / art: folder, s3:// prefix, or TFRecords")
     p.add_argument("--name", default="gan", help="run name; the same name and storage resume")
     p.add_argument("--storage", default="runs", type=location, help="local folder or s3://bucket/prefix for checkpoints")
-    p.add_argument("--export", type=location, help="write the final generator checkpoint here (local or s3://)")
+    p.add_argument("--export", type=location,
+                   help="write the generator of the best-scoring epoch (the last when not scored) here (local or s3://)")
     p.add_argument("--use-gpu", action="store_true", default=None)
     for flag, typ in {**RUN_FLAGS, **MODEL_FLAGS}.items():
         p.add_argument("--" + flag.replace("_", "-"), type=typ)
     args = p.parse_args(argv)
+    if args.recipe:  # the recipe's values become defaults; the config file and flags win
+        p.set_defaults(**RECIPES[args.recipe])
+        args = p.parse_args(argv)
     if args.config:  # the file's values become defaults; flags given on the command line win
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(loaded, dict):
@@ -65,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print("train: no checkpoint was written", file=sys.stderr)
         return 1
     with result.checkpoint.as_directory() as d:
-        generator = (Path(d) / GENERATOR_FILE).read_bytes()
-    print(f"train: done; latest checkpoint {result.checkpoint.path} (sample grid {SAMPLES_FILE})")
+        best = Path(d) / BEST_FILE
+        generator = (best if best.exists() else Path(d) / GENERATOR_FILE).read_bytes()
+    print(f"train: done; latest checkpoint {result.checkpoint.path} (sample grid {SAMPLES_FILE}"
+          + (f", quality report {CURVE_FILE} and {BEST_FILE})" if best.exists() else ")"))
     if args.export:
         write_uri(args.export, generator)
         print(f"train: generator exported to {args.export}")

@@ -44,7 +44,8 @@ def test_every_job_takes_paths_relative_to_the_current_directory(ray_cluster, de
     shutil.copytree(demo_data, work / "data")
     monkeypatch.chdir(work)
     (work / "train.yaml").write_text("model: cyclegan\nphotos: data/photo_jpg\npaintings: data/monet_jpg\n"
-                                     "image_size: 32\nngf: 8\nndf: 8\nn_blocks: 1\nbatch_size: 4\nepochs: 1\n")
+                                     "image_size: 32\nngf: 8\nndf: 8\nn_blocks: 1\nbatch_size: 4\nepochs: 1\n"
+                                     "eval_features: pixels\neval_photos: 4\n")
     assert train_job.main(["--config", "train.yaml", "--storage", "runs", "--name", "rel", "--export", "g.pt"]) == 0
     assert (work / "runs" / "rel" / "checkpoint_epoch_00000" / "generator.pt").is_file()
     assert (work / "g.pt").is_file()
@@ -106,7 +107,7 @@ def test_a_training_state_saved_on_a_gpu_resumes_on_cpu(kind, tmp_path, monkeypa
 
 def _settings(demo_data: Path, **kw) -> TrainSettings:
     values = {"model": "cyclegan", "batch_size": 2, "num_workers": 2, "max_failures": 2, "model_config": dict(TINY),
-              **kw}
+              "eval_features": "pixels", "eval_photos": 4, **kw}
     return TrainSettings(photos=str(demo_data / "photo_jpg"), paintings=str(demo_data / "monet_jpg"), **values)
 
 

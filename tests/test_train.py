@@ -14,7 +14,7 @@ from gan.train.loop import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, run_train
 from jobs import train as train_job
 
 TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "2",
-        "--num-workers", "2"]
+        "--num-workers", "2", "--eval-features", "pixels", "--eval-photos", "8"]
 
 
 def run(args: list[str]) -> int:
@@ -42,14 +42,15 @@ def test_cyclegan_two_workers_local_then_rerun_resumes(ray_cluster, demo_data, t
     assert [h["epoch"] for h in first] == [0, 1]
     assert all(torch.isfinite(torch.tensor(h["loss_g"])) and h["images_per_s"] > 0 for h in first)
     g = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt", expect_kind="cyclegan")
-    assert g.epoch == 1 and g.image_size == 32
+    assert g.epoch == first[-1]["best_epoch"] and g.image_size == 32
 
     # the same command with more epochs continues: epochs 0-1 are not trained again
     assert run([*base, "--epochs", "3"]) == 0
     resumed = history(checkpoints(tmp_path / "runs" / "cg")[-1])
     assert [h["epoch"] for h in resumed] == [0, 1, 2]
     assert resumed[:2] == first  # carried over, not retrained
-    assert from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt").epoch == 2
+    final = history(checkpoints(tmp_path / "runs" / "cg")[-1])[-1]
+    assert from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt").epoch == final["best_epoch"]  # the best, exported
 
 
 def test_cyclegan_on_s3_storage_and_tfrecords(ray_cluster, demo_data, bucket, tmp_path):
@@ -67,7 +68,7 @@ def test_cyclegan_on_s3_storage_and_tfrecords(ray_cluster, demo_data, bucket, tm
 def test_dcgan_two_workers_with_yaml_config(ray_cluster, demo_data, tmp_path):
     cfg = tmp_path / "dcgan.yaml"
     cfg.write_text("model: dcgan\nimage_size: 64\nngf: 8\nndf: 8\nbatch_size: 2\nnum_workers: 2\n"
-                   "epochs: 2\ndiffaugment: color,translation\n")
+                   "epochs: 2\ndiffaugment: color,translation\neval_features: pixels\neval_photos: 8\n")
     assert run(["--config", str(cfg), "--paintings", str(demo_data / "monet_jpg"), "--storage",
                 str(tmp_path / "runs"), "--name", "dc", "--export", str(tmp_path / "d.pt")]) == 0
     ckpts = checkpoints(tmp_path / "runs" / "dc")

@@ -141,7 +141,7 @@ def make_extractor(kind: str = "inception", weights: str | None = None) -> torch
     raise ValueError(f"--features must be one of {EXTRACTORS}, got {kind!r}")
 
 
-def extract(extractor: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, D) float32 features."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
-    return extractor(x).float().numpy()
+def extract(extractor: torch.nn.Module, pixels: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, D) float32 features, computed on `device` (the extractor must be there)."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2)
+    return extractor(x).float().cpu().numpy()

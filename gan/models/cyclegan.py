@@ -10,18 +10,24 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
 from gan.models.schedule import linear_decay
 from gan.models.spec import EncodedImages, ModelSpec
-from gan.io.images import decode_image, to_tensor
+from gan.batch.inference import stylize_pixels
+from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
 from gan.train.data import ImageDataset, UnpairedDataset
 from gan.train.samples import stylize_grid
+
+
+UPSAMPLE = ("transpose", "resize")
 
 
 @dataclass
@@ -39,6 +45,14 @@ class CycleGANConfig:
     decay_epochs: int = 100
     pool_size: int = 50
     diffaugment: str = ""   # e.g. "color,translation,cutout"
+    upsample: str = "transpose"  # "transpose" (the paper's) or "resize": nearest x2 + conv, no checkerboard
+    ema: float = 0.0        # decay of an exponential moving average of the generator (exported); 0 = off
+
+    def __post_init__(self):
+        if self.upsample not in UPSAMPLE:
+            raise ValueError(f"upsample must be one of {UPSAMPLE}, got {self.upsample!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,10 +70,19 @@ class ResnetBlock(nn.Module):
         return x + self.block(x)
 
 
+def upsampler(cin: int, cout: int, kind: str) -> nn.Module:
+    """x2 upsampling: the paper's transposed convolution, or resize-convolution (Odena et al. 2016), whose kernel
+    overlap is even everywhere, so it paints no checkerboard. One module either way, so layer indices (and the
+    checkpoints of the paper's generator) stay as they were."""
+    if kind == "transpose":
+        return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3))
+
+
 class ResnetGenerator(nn.Module):
     """Image-to-image generator; input and output in [-1, 1], any size divisible by 4."""
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 3):
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 3, upsample: str = "transpose"):
         super().__init__()
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
@@ -69,7 +92,7 @@ class ResnetGenerator(nn.Module):
                        nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for mult in (4, 2):  # (B, 4ngf, H/4, W/4) -> (B, ngf, H, W)
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+            layers += [upsampler(ngf * mult, ngf * mult // 2, upsample),
                        nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
@@ -80,7 +103,7 @@ class ResnetGenerator(nn.Module):
 
 
 def build_generator(cfg: CycleGANConfig) -> ResnetGenerator:
-    return ResnetGenerator(cfg.ngf, cfg.n_blocks)
+    return ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample)
 
 
 class PatchDiscriminator(nn.Module):
@@ -130,11 +153,13 @@ class CycleGANTrainer:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, rule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, rule)
         self.pool_a, self.pool_b = ImagePool(cfg.pool_size, seed), ImagePool(cfg.pool_size, seed + 1)
+        self.ema = (AveragedModel(unwrap(self.g_ab), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema > 0 else None)
 
     @property
     def generator(self) -> nn.Module:
-        """The photo -> Monet generator that the batch jobs and the server use."""
-        return unwrap(self.g_ab)
+        """The photo -> Monet generator that the batch jobs and the server use (its moving average with ema)."""
+        return self.ema.module if self.ema is not None else unwrap(self.g_ab)
 
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
@@ -162,6 +187,8 @@ class CycleGANTrainer:
             loss_g = loss_gan + loss_cycle + loss_idt
         loss_g.backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.g_ab))
 
         # Discriminators: real vs. a fake drawn from the history pool.
         set_requires_grad([d_a, d_b], True)
@@ -187,7 +214,8 @@ class CycleGANTrainer:
         nets = {k: unwrap(getattr(self, k)).state_dict() for k in ("g_ab", "g_ba", "d_a", "d_b")}
         return {**nets, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         for k in ("g_ab", "g_ba", "d_a", "d_b"):
@@ -197,6 +225,8 @@ class CycleGANTrainer:
         if "pool_a" in state:
             self.pool_a.load_state_dict(state["pool_a"], self.device)
             self.pool_b.load_state_dict(state["pool_b"], self.device)
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
 
 
 # --- what the training loop and checkpoints need (see gan/models/spec.py) ---------------------------
@@ -216,5 +246,15 @@ def _sample_inputs(images: dict[str, EncodedImages], cfg: CycleGANConfig, count:
     return torch.stack([to_tensor(decode_image(d, n, cfg.image_size)) for n, d in images["photos"][:count]])
 
 
+def _eval_inputs(images: dict[str, EncodedImages], count: int, seed: int) -> np.ndarray:
+    """The first `count` photos as the batch job reads them: (count, 256, 256, 3) uint8."""
+    return np.stack([decode_image(d, n, IMAGE_SIZE) for n, d in images["photos"][:count]])
+
+
+def _render(generator: nn.Module, photos: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
+    return np.concatenate([stylize_pixels(generator, photos[i:i + batch], device)
+                           for i in range(0, len(photos), batch)])
+
+
 SPEC = ModelSpec("cyclegan", "stylize", CycleGANConfig, _config, build_generator, CycleGANTrainer, ("photos", "paintings"),
-                 _dataset, _sample_inputs, stylize_grid)
+                 _dataset, _sample_inputs, stylize_grid, _eval_inputs, _render)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gan.models.diffaugment import diff_augment
+from gan.batch.inference import sample_pixels
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
 from gan.models.spec import EncodedImages, ModelSpec
 from gan.train.data import ImageDataset
@@ -161,6 +162,13 @@ def _sample_inputs(images: dict[str, EncodedImages], cfg: DCGANConfig, count: in
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((16, cfg.nz))).float()
 
 
+def _render(generator: nn.Module, indices: range, device: torch.device, batch: int = 64) -> np.ndarray:
+    """Images `indices` of seed 0 as `jobs.generate` draws them, at 256 px: (N, 256, 256, 3) uint8."""
+    return np.concatenate([sample_pixels(generator, 0, indices[i:i + batch], generator.nz, device)
+                           for i in range(0, len(indices), batch)])
+
+
 SPEC = ModelSpec("dcgan", "generate", DCGANConfig, lambda settings, epochs: DCGANConfig(**settings), DCGANGenerator,
                  DCGANTrainer, ("paintings",), _dataset, _sample_inputs, noise_grid,
+                 lambda images, count, seed: range(count), _render,
                  ddp_kwargs={"broadcast_buffers": False})  # BatchNorm + two D passes per step: see the Ray notes

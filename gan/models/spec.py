@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -39,4 +40,6 @@ class ModelSpec:
     dataset: Callable[[dict[str, EncodedImages], Any], Dataset]  # ({source: images}, config) -> training set
     sample_inputs: Callable[[dict[str, EncodedImages], Any, int, int], torch.Tensor]  # (.., count, seed)
     sample_grid: Callable[[nn.Module, torch.Tensor], bytes]     # (generator, sample inputs) -> PNG
+    eval_inputs: Callable[[dict[str, EncodedImages], int, int], Any]  # (images, count, seed) -> what render takes
+    render: Callable[[nn.Module, Any, torch.device], np.ndarray]  # -> (N, 256, 256, 3) uint8, as the jobs make
     ddp_kwargs: dict | None = None                              # DistributedDataParallel options

@@ -26,10 +26,13 @@ from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
 from gan.train.data import DataError, load_encoded_images
+from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
 from gan.io.sources import read_input, scan_inputs
 from gan.io.storage import StorageError, open_storage, resolve_uri
 
 STATE_FILE, GENERATOR_FILE, SAMPLES_FILE, HISTORY_FILE = "state.pt", "generator.pt", "samples.png", "history.json"
+# the quality report beside them: the best epoch's generator and samples, and the score curve
+BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE = "best_generator.pt", "best_samples.png", "quality.png"
 
 # A callable (event, rank, epoch) that tests pass in to inject faults from the outside; events are "setup"
 # (before data and models are built) and "mid_epoch" (once per epoch, halfway). Production passes none.
@@ -57,6 +60,9 @@ class TrainSettings:
     seed: int = 0
     sample_count: int = 4
     steps_per_epoch: int | None = None      # cap, for quick runs
+    eval_every: int = 1                     # score the generator every K epochs (and at the end) ...
+    eval_photos: int = 1000                 # ... on this many fixed inputs; 0 turns it off
+    eval_features: str = "auto"             # inception | pixels | auto (Inception when installed)
     model_config: dict = field(default_factory=dict)  # CycleGANConfig / DCGANConfig fields
 
     PATH_FIELDS = ("photos", "paintings")
@@ -157,8 +163,13 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
 def epoch_line(m: dict, epochs: int) -> str:
     losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
     saved = ", checkpoint saved" if m.get("checkpoint") else ""
+    score = ""
+    if SCORE in m:
+        label = SCORE if m["eval_features"] == "inception" else f"{SCORE}[{m['eval_features']} stand-in]"
+        score = (f"  {label} {m[SCORE]:.2f} (FID {m['fid']:.2f}, d {m['memorization']:.3f}; "
+                 f"best {m['best_' + SCORE]:.2f} @ epoch {m['best_epoch'] + 1})")
     return (f"train: epoch {m['epoch'] + 1}/{epochs}  {losses}  {m['images_per_s']:.1f} images/s, "
-            f"{m['seconds']:.1f} s{saved}")
+            f"{m['seconds']:.1f} s{score}{saved}")
 
 
 def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
@@ -226,6 +237,8 @@ class _Run:
     start_epoch: int = 0
     step: int = 0
     history: list = field(default_factory=list)
+    evaluator: InTrainingEval | None = None  # on rank 0 only
+    best: Best = field(default_factory=Best)
 
 
 def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
@@ -243,6 +256,9 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
                                          shuffle=True, drop_last=True, num_workers=settings.loader_workers)
     fixed = spec.sample_inputs(images, model_cfg, settings.sample_count, settings.seed)
     run = _Run(trainer, rt.prepare_data_loader(loader), fixed, model_cfg)
+    if rank == 0 and settings.eval_photos > 0:
+        run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, rt.get_device(),
+                                       settings.seed)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -250,6 +266,11 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
             state = load_state(Path(d) / STATE_FILE)
             run.history = json.loads((Path(d) / HISTORY_FILE).read_text())
             exported = from_bytes((Path(d) / GENERATOR_FILE).read_bytes(), f"checkpoint {checkpoint.path}")
+            if (Path(d) / BEST_FILE).exists():
+                scored = [h for h in run.history if SCORE in h]
+                top = min(scored, key=lambda h: h[SCORE])
+                run.best = Best(top["epoch"], top[SCORE], (Path(d) / BEST_FILE).read_bytes(),
+                                (Path(d) / BEST_SAMPLES_FILE).read_bytes())
         if exported.kind != settings.model:
             raise TrainingError(f"run checkpoint {checkpoint.path} is a {exported.kind} run; this run trains "
                                 f"{settings.model}: use another --name or --storage")
@@ -293,8 +314,11 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     for epoch in range(run.start_epoch, settings.epochs):
         metrics = _train_epoch(settings, run, hook, epoch, rank, world)
+        last = epoch == settings.epochs - 1
+        if run.evaluator is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+            metrics.update(_evaluate(settings, run, epoch))
         run.history.append(metrics)
-        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or epoch == settings.epochs - 1):
+        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):
             with tempfile.TemporaryDirectory() as tmp:
                 _write_checkpoint(Path(tmp), settings, run, epoch)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -304,14 +328,32 @@ def train_loop_per_worker(config: dict) -> dict | None:
     return None
 
 
+def _exported(settings: TrainSettings, run: _Run, epoch: int) -> bytes:
+    return to_bytes(generator_checkpoint(settings.model, run.model_cfg, run.trainer.generator, epoch, run.step))
+
+
+def _evaluate(settings: TrainSettings, run: _Run, epoch: int) -> dict:
+    """Score this epoch's generator; keep it (and its samples) when it is the best so far."""
+    scores = run.evaluator.score(run.trainer.generator)
+    generator = run.trainer.generator
+    if scores[SCORE] < run.best.score:
+        run.best.update(epoch, scores[SCORE], _exported(settings, run, epoch),
+                        get_model(settings.model).sample_grid(generator, run.fixed))
+    return {**scores, "best_epoch": run.best.epoch, "best_" + SCORE: run.best.score}
+
+
 def _write_checkpoint(folder: Path, settings: TrainSettings, run: _Run, epoch: int) -> None:
-    """The training state, the exported generator, the sample grid and the history so far."""
+    """The training state, the exported generator, the sample grid, the history so far, and the quality report:
+    the best epoch's generator and samples and the score curve."""
     trainer = run.trainer
     torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "step": run.step}, folder / STATE_FILE)
-    exported = generator_checkpoint(settings.model, run.model_cfg, trainer.generator, epoch, run.step)
-    (folder / GENERATOR_FILE).write_bytes(to_bytes(exported))
+    (folder / GENERATOR_FILE).write_bytes(_exported(settings, run, epoch))
     (folder / SAMPLES_FILE).write_bytes(get_model(settings.model).sample_grid(trainer.generator, run.fixed))
     (folder / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
+    if run.best.generator:
+        (folder / BEST_FILE).write_bytes(run.best.generator)
+        (folder / BEST_SAMPLES_FILE).write_bytes(run.best.samples)
+        (folder / CURVE_FILE).write_bytes(curve_png(run.history))
 
 
 def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoch: int, rank: int,

@@ -1,0 +1,82 @@
+"""Quality measured during training: the score each K epochs, the best epoch exported, the quality report,
+and the recipe's model variants (resize-convolution, EMA) through checkpoints, stylize and Serve."""
+import io
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from gan.batch.engine import BatchOptions
+from gan.batch.stylize import stylize
+from gan.checkpoint import from_bytes
+from gan.io.storage import open_storage
+from gan.train.loop import BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE, HISTORY_FILE
+from gan.train.quality import SCORE, Best, curve_png
+from jobs import train as train_job
+
+TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "4",
+        "--eval-features", "pixels", "--eval-photos", "8"]
+
+
+def test_the_best_epoch_is_kept_not_the_last():
+    best = Best()
+    for epoch, score in enumerate([5.0, 3.0, 4.0]):
+        best.update(epoch, score, f"g{epoch}".encode(), b"")
+    assert (best.epoch, best.score, best.generator) == (1, 3.0, b"g1")
+
+
+def test_the_score_curve_is_a_picture_of_the_scored_epochs():
+    history = [{"epoch": 0}, {"epoch": 1, SCORE: 40.0, "eval_features": "pixels"},
+               {"epoch": 2}, {"epoch": 3, SCORE: 30.0, "eval_features": "pixels"}]
+    img = Image.open(io.BytesIO(curve_png(history)))
+    assert img.size == (640, 360)
+    assert len(set(img.getdata())) > 3  # axes, the line, the best point
+
+
+def test_scored_every_k_epochs_and_the_best_epoch_is_exported(ray_cluster, demo_data, tmp_path):
+    base = ["--data", str(demo_data), *TINY, "--eval-every", "2", "--storage", str(tmp_path / "runs"),
+            "--name", "q", "--export", str(tmp_path / "g.pt")]
+    assert train_job.main([*base, "--epochs", "3"]) == 0
+    last = sorted((tmp_path / "runs" / "q").glob("checkpoint_epoch_*"))[-1]
+    history = json.loads((last / HISTORY_FILE).read_text())
+    assert [SCORE in h for h in history] == [False, True, True]  # epoch 2 of 3 (K = 2) and the last
+    scored = [h for h in history if SCORE in h]
+    assert all(h["eval_images"] == 8 and h["eval_features"] == "pixels" and h["fid"] > 0 for h in scored)
+    best_epoch = min(scored, key=lambda h: h[SCORE])["epoch"]
+    assert history[-1]["best_epoch"] == best_epoch
+    exported = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt")
+    assert exported.epoch == best_epoch and (tmp_path / "g.pt").read_bytes() == (last / BEST_FILE).read_bytes()
+    for name in (BEST_SAMPLES_FILE, CURVE_FILE):
+        assert Image.open(last / name).format == "PNG"
+    # resumed with more epochs: the earlier scores and the best so far carry over
+    assert train_job.main([*base, "--epochs", "4"]) == 0
+    resumed = json.loads((sorted((tmp_path / "runs" / "q").glob("checkpoint_epoch_*"))[-1] / HISTORY_FILE).read_text())
+    assert resumed[:3] == history and SCORE in resumed[3]
+    assert resumed[3]["best_" + SCORE] == min(h[SCORE] for h in resumed if SCORE in h)
+
+
+def test_resize_conv_and_ema_generators_load_in_stylize_and_serve(ray_cluster, demo_data, tmp_path):
+    assert train_job.main(["--data", str(demo_data), *TINY, "--epochs", "1", "--upsample", "resize", "--ema", "0.9",
+                           "--storage", str(tmp_path / "runs"), "--name", "v", "--export", str(tmp_path / "g.pt")]) == 0
+    ckpt = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt", expect_kind="cyclegan")
+    assert ckpt.config["upsample"] == "resize" and ckpt.config["ema"] == 0.9
+    assert any(isinstance(m, torch.nn.Upsample) for m in ckpt.build().modules())
+    result = stylize(str(demo_data / "photo_jpg"), BatchOptions(checkpoint=str(tmp_path / "g.pt"),
+                                                                output=open_storage(str(tmp_path / "out")),
+                                                                progress=False))
+    assert result.report["counts"]["outputs"] == 24
+    import asyncio
+    import inspect
+
+    from serve.app import GanServer
+    cls = GanServer.func_or_class  # the replica class itself; Serve's ingress makes its __init__ a coroutine
+    replica = cls.__new__(cls)
+    init = cls.__init__(replica)
+    if inspect.isawaitable(init):
+        asyncio.run(init)
+    replica.reconfigure({"checkpoint": str(tmp_path / "g.pt")})
+    assert any(isinstance(m, torch.nn.Upsample) for m in replica.stylizer.modules())
+    state = torch.load(sorted(Path(tmp_path / "runs" / "v").glob("checkpoint_epoch_*"))[-1] / "state.pt",
+                       weights_only=True)
+    assert "ema" in state["trainer"]  # the average is part of the training state, so a resume continues it
