@@ -45,14 +45,15 @@ def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: 
 
 def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int, storage: str) -> tuple[float, float]:
     import ray
-    from gan.train.loop import TrainSettings, make_trainer
+    from gan.train.loop import TrainSettings, check_settings, make_trainer
     ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
     settings = TrainSettings(model="cyclegan", photos=f"{data}/photo_jpg", paintings=f"{data}/monet_jpg",
                              epochs=2, batch_size=batch, num_workers=1, cpus_per_worker=threads,
                              steps_per_epoch=steps, checkpoint_every=2,
+                             eval_photos=0,  # no in-training scoring: the plain loop beside it does none
                              model_config={k: getattr(cfg, k) for k in ("image_size", "ngf", "ndf", "n_blocks")})
     t0 = time.perf_counter()
-    result = make_trainer(settings, "bench", storage).fit()
+    result = make_trainer(check_settings(settings), "bench", storage).fit()
     total = time.perf_counter() - t0
     ray.shutdown()
     print(f"(Ray worker torch threads: {result.metrics['torch_threads']})")

@@ -334,9 +334,9 @@ def _exported(settings: TrainSettings, run: _Run, epoch: int) -> bytes:
 
 def _evaluate(settings: TrainSettings, run: _Run, epoch: int) -> dict:
     """Score this epoch's generator; keep it (and its samples) when it is the best so far."""
-    scores = run.evaluator.score(run.trainer.generator)
     generator = run.trainer.generator
-    if scores[SCORE] < run.best.score:
+    scores = run.evaluator.score(generator)
+    if scores[SCORE] < run.best.score:  # build the checkpoint bytes and samples only for a new best
         run.best.update(epoch, scores[SCORE], _exported(settings, run, epoch),
                         get_model(settings.model).sample_grid(generator, run.fixed))
     return {**scores, "best_epoch": run.best.epoch, "best_" + SCORE: run.best.score}
