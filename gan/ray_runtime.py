@@ -44,7 +44,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=False, **quiet)
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner needs: without it a
+        # training run whose driver is killed (a search trial stopped early) keeps its workers' CPUs reserved.
+        ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=True,
+                 dashboard_host="127.0.0.1", **quiet)
     if not _verbose:
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours are drawn by the driver

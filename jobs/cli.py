@@ -22,6 +22,29 @@ def location(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def boolean(value: str) -> bool:
+    """argparse type for on/off settings: true/false, yes/no, on/off, 1/0."""
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def resources(value: str) -> dict:
+    """argparse type for custom Ray resources: a JSON object of name -> amount, e.g. '{"trainer": 1}'."""
+    import json
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                                               for k, v in parsed.items()):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of resource name -> amount, got {value!r}")
+    return parsed
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--verbose", action="store_true",
@@ -57,6 +80,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")
     p.add_argument("--cpus-per-actor", type=float, default=None)
+    p.add_argument("--actor-resources", type=resources, default=None,
+                   help='custom Ray resources each model actor needs, e.g. \'{"stylizer": 1}\' to pin a node type')
     p.add_argument("--cpu", action="store_true", help="do not use GPUs even if the cluster has them")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true",
@@ -73,7 +98,7 @@ def add_zip_args(p: argparse.ArgumentParser, flag: str) -> None:
 
 def batch_options(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(checkpoint=args.checkpoint, output=open_storage(args.output), batch_size=args.batch_size,
-                        actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                        actors=args.actors, cpus_per_actor=args.cpus_per_actor, actor_resources=args.actor_resources,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress,
                         overwrite=args.overwrite)
 

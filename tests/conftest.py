@@ -47,16 +47,39 @@ def bucket(s3_endpoint, request):
     return name
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint):
-    """One local Ray for the session (2 cores here: oversubscribed so actor pools leave room for read tasks)."""
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def start_shared_ray() -> None:
+    """The session's local Ray (2 cores here: oversubscribed so actor pools leave room for read tasks), with the
+    dashboard: it serves the State API that Ray Train's placement-group cleaner asks whether a run's driver lives."""
     import ray
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in (
-                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}})
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+             runtime_env={"env_vars": {k: os.environ[k] for k in S3_ENV}})
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """One local Ray for the session; tests that start their own clusters hand it back (`without_shared_ray`)."""
+    import ray
+    start_shared_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def without_shared_ray(s3_endpoint):
+    """For a module that starts its own Ray clusters: the shared one is stopped first and restarted after."""
+    import ray
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+    if was_running:
+        start_shared_ray()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -80,3 +81,43 @@ def test_resize_conv_and_ema_generators_load_in_stylize_and_serve(ray_cluster, d
     state = torch.load(sorted(Path(tmp_path / "runs" / "v").glob("checkpoint_epoch_*"))[-1] / "state.pt",
                        weights_only=True)
     assert "ema" in state["trainer"]  # the average is part of the training state, so a resume continues it
+
+
+def test_a_residual_generator_starts_as_the_identity_and_round_trips():
+    from gan.checkpoint import generator_checkpoint, to_bytes
+    from gan.models.cyclegan import CycleGANConfig, build_generator
+    cfg = CycleGANConfig(image_size=32, ngf=8, n_blocks=1, upsample="resize", residual=True)
+    g = build_generator(cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(g(x), x)  # the photo itself until training changes it
+    plain = build_generator(CycleGANConfig(image_size=32, ngf=8, n_blocks=1))
+    assert not torch.allclose(plain(x), x, atol=0.1)
+    with torch.no_grad():
+        g.model[-2].bias.fill_(0.5)  # a learned change: + tanh(0.5), clamped to the image range
+    assert torch.allclose(g(x), (x + torch.tanh(torch.tensor(0.5))).clamp(-1, 1))
+    loaded = from_bytes(to_bytes(generator_checkpoint("cyclegan", cfg, g)), "g.pt").build()
+    assert loaded.residual and torch.equal(loaded(x), g(x))
+
+
+def test_crop_preprocessing_trains_on_pieces_at_the_scale_of_inference():
+    import numpy as np
+
+    from gan.io.images import encode_jpeg
+    from gan.models.cyclegan import SPEC, CycleGANConfig
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    images = {"photos": [("p.jpg", encode_jpeg(pixels))], "paintings": [("m.jpg", encode_jpeg(pixels))]}
+    crop = SPEC.dataset(images, CycleGANConfig(image_size=64, preprocess="crop")).photos
+    paper = SPEC.dataset(images, CycleGANConfig(image_size=64)).photos
+    assert crop.load_size == 256 and paper.load_size == 72  # crop: a 64 px piece of the 256 px photo
+    assert crop[0].shape == paper[0].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        CycleGANConfig(preprocess="zoom")
+
+
+def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
+    _, s = train_job.parse(["--recipe", "kaggle-cpu", "--data", "d", "--ngf", "8"])
+    cfg = s.build_model_config()
+    assert (cfg.residual, cfg.preprocess, cfg.upsample, cfg.lambda_identity, cfg.diffaugment) == (
+        True, "crop", "resize", 0.0, "translation,cutout")
+    assert cfg.ngf == 8 and s.eval_every == 1 and s.cpus_per_worker == 2.0

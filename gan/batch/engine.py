@@ -33,6 +33,7 @@ class BatchOptions:
     batch_size: int = 16
     actors: int | None = None            # default: one per GPU, else one CPU actor
     cpus_per_actor: float | None = None  # default: all CPUs but one, for the read/write tasks
+    actor_resources: dict | None = None  # custom Ray resources per actor (pin actors to a node type)
     use_gpu: bool | None = None          # default: when the cluster has GPUs
     channels_last: bool = True
     progress: bool = True
@@ -58,6 +59,8 @@ class GeneratorActor:
         self.ckpt = from_bytes(read_uri(checkpoint), checkpoint)
         self.net = self.ckpt.build(self.device)
         self.job, self.seed = job, seed
+        import ray
+        self.node = ray.get_runtime_context().get_node_id()  # the report counts images per node
         self.channels_last = channels_last and job == "stylize"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -71,7 +74,8 @@ class GeneratorActor:
         else:
             indices = [row.index for row in batch["row"]]
             out = sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
-        return {"row": batch["row"], "pixels": out, "error": batch["error"]}
+        return {"row": batch["row"], "pixels": out, "error": batch["error"],
+                "node": np.full(len(out), self.node, dtype=object)}
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -125,19 +129,23 @@ def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: Ba
 
     start = time.monotonic()
     written = 0
+    per_node: dict[str, int] = {}   # images written by this run, by the node of the actor that made them
     if todo:
         results = run_pipeline(
             todo, opts.actor_cls or GeneratorActor,
             {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last},
-            actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu), opts.batch_size,
+            actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
             decode=DecodeStage(input_storage, IMAGE_SIZE) if job == "stylize" else None,
             write=WriteStage(out), label=job, progress=opts.progress)
         for batch in results:
-            for row, error in zip(batch["row"], batch["error"]):
+            nodes = batch.get("node", [None] * len(batch["row"]))
+            for row, error, node in zip(batch["row"], batch["error"], nodes):
                 if error:
                     rejected.append(Rejected(row.name, str(error)))
                 else:
                     written += 1
+                    if node:
+                        per_node[node] = per_node.get(node, 0) + 1
     seconds = time.monotonic() - start
     rejected.sort(key=lambda r: r.name)
     report = {
@@ -145,6 +153,7 @@ def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: Ba
         "counts": {"inputs": len(plan) + len(early_rejects), "outputs": written + skipped, "written": written,
                    "skipped_existing": skipped, "rejected": len(rejected)},
         "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 3) if seconds > 0 else None,
+        "images_per_node": dict(sorted(per_node.items())),
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
     }

@@ -37,9 +37,11 @@ class ActorPlan:
     cpus: float       # per actor
     gpus: float       # per actor
     threads: int | None  # torch threads of a CPU actor
+    resources: dict | None = None  # custom Ray resources per actor
 
 
-def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool | None) -> ActorPlan:
+def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool | None,
+               resources: dict | None = None) -> ActorPlan:
     """Actors for the running cluster: one per GPU when it has GPUs (unless use_gpu is False), else one CPU
     actor with every CPU but one, so the decode and write tasks beside it still get scheduled."""
     import ray
@@ -47,10 +49,10 @@ def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool |
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
     if use_gpu if use_gpu is not None else gpus > 0:
-        return ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None)
+        return ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None, resources or None)
     actors = actors or 1
     per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
-    return ActorPlan(actors, per, 0.0, max(1, int(per)))
+    return ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
 
 
 class DecodeStage:
@@ -76,7 +78,8 @@ class DecodeStage:
 
 
 class WriteStage:
-    """JPEG-encode `pixels` and write each good row atomically under its `out` key; pixels are dropped."""
+    """JPEG-encode `pixels` and write each good row atomically under its `out` key; pixels are dropped, the
+    other columns (`row`, `error`, the actor's `node`) go on to the driver."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -89,7 +92,7 @@ class WriteStage:
                 self.storage.write(row.out, encode_jpeg(pixels))
             except StorageError as e:
                 raise RuntimeError(f"writing {row.out}: {e}") from e  # storage failure: let Ray retry the block
-        return {"row": batch["row"], "error": batch["error"]}
+        return {k: v for k, v in batch.items() if k != "pixels"}
 
 
 class Progress:
@@ -123,6 +126,7 @@ def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPl
     if decode is not None:
         ds = ds.map_batches(decode, batch_size=batch_size, num_cpus=0.5)
     ds = ds.map_batches(actor, batch_size=batch_size, num_cpus=plan.cpus, num_gpus=plan.gpus,
+                        **({"resources": plan.resources} if plan.resources else {}),
                         compute=ray.data.ActorPoolStrategy(size=plan.actors),
                         fn_constructor_kwargs={**actor_kwargs, "threads": plan.threads})
     if write is not None:

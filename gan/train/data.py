@@ -58,11 +58,15 @@ def augment(pixels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 
 
 class ImageDataset(Dataset):
-    """Decoded (3, size, size) tensors in [-1, 1] from encoded images; with `jitter`, CycleGAN's augmentation."""
+    """Decoded (3, size, size) tensors in [-1, 1] from encoded images; with `jitter`, CycleGAN's augmentation.
 
-    def __init__(self, images: list[tuple[str, bytes]], size: int, jitter: bool = False):
+    Images are decoded at `load_size` (default: 1.12x `size` with jitter, as the paper) and randomly cropped to `size`.
+    """
+
+    def __init__(self, images: list[tuple[str, bytes]], size: int, jitter: bool = False, load_size: int | None = None):
         self.images, self.size, self.jitter = images, size, jitter
-        self.load_size = int(round(size * 1.12 / 2)) * 2 if jitter else size  # 256 -> 286
+        default = int(round(size * 1.12 / 2)) * 2 if jitter else size  # 256 -> 286
+        self.load_size = max(load_size or default, size)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -52,9 +52,12 @@ class TrainSettings:
     batch_size: int = 1                     # per worker
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
-    num_workers: int = 1
+    num_workers: int = 1                    # workers (the most, when min_workers makes the run elastic)
+    min_workers: int | None = None          # elastic: start with >= this many, go on with them after a node is lost
+    worker_resources: dict = field(default_factory=dict)  # custom resources each worker needs, e.g. {"trainer": 1}
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0            # with use_gpu; a fraction shares a GPU (several search trials on one)
     loader_workers: int = 0
     max_failures: int = 2
     seed: int = 0
@@ -101,7 +104,7 @@ def validate_data(settings: TrainSettings) -> None:
                             f"({len(rejected)} corrupt TFRecord files)")
 
 
-def _storage_args(storage: str) -> dict:
+def storage_args(storage: str) -> dict:
     """RunConfig storage arguments; S3 goes through pyarrow with the endpoint from AWS_ENDPOINT_URL."""
     parsed = urlparse(storage)
     if parsed.scheme != "s3":
@@ -135,9 +138,25 @@ class EpochLines(UserCallback):
 def check_settings(settings: TrainSettings) -> TrainSettings:
     """Settings with absolute paths, after checking sizes and data here, in the driver, before Ray starts."""
     settings = settings.resolved()
+    if settings.min_workers is not None and not 1 <= settings.min_workers <= settings.num_workers:
+        raise ValueError(f"min_workers must be between 1 and num_workers ({settings.num_workers}), "
+                         f"got {settings.min_workers}")
     settings.build_model_config()
     validate_data(settings)
     return settings
+
+
+def worker_count(settings: TrainSettings) -> int | tuple[int, int]:
+    """ScalingConfig's num_workers: a fixed size, or (min, max) for elastic training.
+
+    Elastic is how a run survives losing a node for good: Ray Train restarts from the last checkpoint with the
+    workers it can place (at least `min_workers`) instead of waiting for the lost node's resources, and grows
+    back when they return. The global batch is then batch_size x the workers of the moment.
+    """
+    lo, hi = settings.min_workers, settings.num_workers
+    if lo is None or lo >= hi:
+        return hi
+    return (max(1, lo), hi)
 
 
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
@@ -145,16 +164,16 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    res = {"CPU": settings.cpus_per_worker}
+    res = {"CPU": settings.cpus_per_worker, **settings.worker_resources}
     if settings.use_gpu:
-        res["GPU"] = 1
+        res["GPU"] = settings.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": asdict(settings), "hook": hook},
-        scaling_config=ray.train.ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=worker_count(settings), use_gpu=settings.use_gpu,
                                                resources_per_worker=res),
         run_config=ray.train.RunConfig(
-            name=name, **_storage_args(storage), callbacks=callbacks,
+            name=name, **storage_args(storage), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints)),
     )
@@ -292,6 +311,17 @@ def _setup_errors(error: str, world: int) -> str:
     return next((e for e in errors if e), "")
 
 
+def _node_count(world: int) -> int:
+    """How many nodes the workers of this attempt run on (recorded per epoch: placement and elastic resizes)."""
+    import ray
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return 1
+    nodes: list = [None] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
 def train_loop_per_worker(config: dict) -> dict | None:
     """Prepare data and models, then loop: train an epoch, report metrics (and a checkpoint every K epochs).
 
@@ -311,9 +341,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
     error = _setup_errors(error, world)
     if error:
         return {"error": error}
+    nodes = _node_count(world)
 
     for epoch in range(run.start_epoch, settings.epochs):
-        metrics = _train_epoch(settings, run, hook, epoch, rank, world)
+        metrics = {**_train_epoch(settings, run, hook, epoch, rank, world), "workers": world, "nodes": nodes}
         last = epoch == settings.epochs - 1
         if run.evaluator is not None and ((epoch + 1) % settings.eval_every == 0 or last):
             metrics.update(_evaluate(settings, run, epoch))

@@ -78,28 +78,50 @@ class Best:
         return False
 
 
+COLOURS = [(30, 90, 200), (200, 40, 40), (40, 150, 60), (160, 80, 200), (220, 140, 20), (0, 150, 160),
+           (120, 120, 120), (90, 50, 20)]
+
+
 def curve_png(history: list[dict], width: int = 640, height: int = 360) -> bytes:
     """The score per evaluated epoch as a line plot, the best point marked: a PNG."""
     points = [(h["epoch"] + 1, h[SCORE]) for h in history if SCORE in h]
+    kind = next((h.get("eval_features") for h in history if SCORE in h), "")
+    return line_plot({"": points}, f"{SCORE} per epoch ({kind} features; lower is better)", width, height,
+                     mark_best=True)
+
+
+def line_plot(series: dict[str, list], title: str, width: int = 640, height: int = 360,
+              mark_best: bool = False) -> bytes:
+    """Score-per-epoch lines, one colour per series (labelled on the right when named): a PNG."""
+    legend = any(series)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 60, 30, width - 20, height - 40
+    left, top, right, bottom = 60, 30, width - (180 if legend else 20), height - 40
     draw.rectangle([left, top, right, bottom], outline="black")
-    kind = next((h.get("eval_features") for h in history if SCORE in h), "")
-    draw.text((left, 8), f"{SCORE} per epoch ({kind} features; lower is better)", fill="black")
+    draw.text((left, 8), title, fill="black")
+    points = [p for s in series.values() for p in s]
     if points:
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         x0, x1 = min(xs), max(max(xs), min(xs) + 1)
         y0, y1 = min(ys), max(max(ys), min(ys) * 1.001 + 1e-9)
         to_px = lambda x, y: (left + (x - x0) / (x1 - x0) * (right - left),  # noqa: E731
                               bottom - (y - y0) / (y1 - y0) * (bottom - top))
-        draw.line([to_px(x, y) for x, y in points], fill=(30, 90, 200), width=2)
-        bx, by = min(points, key=lambda p: p[1])
-        cx, cy = to_px(bx, by)
-        draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(200, 40, 40))
-        label = f"best {by:.2f} @ epoch {bx}"
-        lx = cx + 6 if cx + 6 + draw.textlength(label) < width else cx - 6 - draw.textlength(label)
-        draw.text((lx, cy - 14), label, fill=(200, 40, 40))
+        for i, (label, line) in enumerate(series.items()):
+            colour = COLOURS[i % len(COLOURS)]
+            pts = [to_px(x, y) for x, y in line]
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            for cx, cy in pts:
+                draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+            if label:
+                draw.text((right + 10, top + 16 * i), label, fill=colour)
+        if mark_best:
+            bx, by = min(points, key=lambda p: p[1])
+            cx, cy = to_px(bx, by)
+            draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(200, 40, 40))
+            label = f"best {by:.2f} @ epoch {bx}"
+            lx = cx + 6 if cx + 6 + draw.textlength(label) < width else cx - 6 - draw.textlength(label)
+            draw.text((lx, cy - 14), label, fill=(200, 40, 40))
         draw.text((4, top), f"{y1:.1f}", fill="black")
         draw.text((4, bottom - 10), f"{y0:.1f}", fill="black")
         draw.text((left, bottom + 8), f"epoch {x0}", fill="black")

@@ -1,0 +1,118 @@
+"""Hyperparameter search: the space file, ASHA stopping trials on the in-training score, the ranked report, the
+best generator in stylize, and an interrupted search that resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from gan.batch.engine import BatchOptions
+from gan.batch.stylize import stylize
+from gan.checkpoint import from_bytes
+from gan.io.storage import open_storage
+from gan.train.loop import TrainSettings
+from gan.train.search import (CURVES_PNG, REPORT_JSON, REPORT_MD, SAMPLES_PNG, SearchError, parse_space,
+                              trial_settings)
+from jobs import tune as tune_job
+from tests.conftest import ROOT
+
+BASE = {"image_size": 32, "ngf": 8, "ndf": 8, "n_blocks": 1, "batch_size": 2, "steps_per_epoch": 3,
+        "eval_photos": 8, "eval_features": "pixels", "epochs": 4}
+SPACE = {"lr": {"choice": [0.00000001, 0.0002, 0.001]}, "upsample": {"choice": ["transpose", "resize"]},
+         "ema": {"choice": [0.0, 0.9]}, "residual": {"choice": [False, True]}}
+
+
+def _space_file(tmp_path: Path, base: dict | None = None, space: dict | None = None) -> Path:
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump({"base": base or BASE, "space": space or SPACE}))
+    return path
+
+
+def test_the_space_file_and_the_trial_settings():
+    domains = parse_space({"lr": {"loguniform": [1e-5, 1e-3]}, "ngf": {"choice": [8, 16]}, "epochs": 3},
+                          {"lr", "ngf", "epochs"})
+    assert 1e-5 <= domains["lr"].sample() <= 1e-3 and domains["ngf"].sample() in (8, 16) and domains["epochs"] == 3
+    with pytest.raises(SearchError, match="unknown setting 'lrr'"):
+        parse_space({"lrr": 1}, {"lr"})
+    with pytest.raises(SearchError, match="ngf: expected one of"):
+        parse_space({"ngf": {"some": [1]}}, {"ngf"})
+    s = trial_settings(TrainSettings(model_config={"ngf": 8}), {"lr": 1e-3, "batch_size": 4, "ngf": 16})
+    assert s.batch_size == 4 and s.model_config == {"ngf": 16, "lr": 1e-3}
+    assert tune_job.duration("30m") == 1800 and tune_job.duration("90") == 90 and tune_job.duration("1.5h") == 5400
+
+
+def test_a_bad_space_fails_before_any_trial(ray_cluster, demo_data, tmp_path, capsys):
+    from jobs.cli import run_main
+    path = _space_file(tmp_path, space={"ngf": {"choice": [8]}, "upsample": {"choice": ["sideways"]}})
+    code = run_main(tune_job.main, ["--space", str(path), "--data", str(demo_data), "--storage", str(tmp_path)])
+    assert code == 2 and "upsample must be one of" in capsys.readouterr().err
+
+
+def test_asha_stops_poor_trials_and_the_report_ranks_them(ray_cluster, demo_data, tmp_path):
+    out = tmp_path / "runs"
+    assert tune_job.main(["--space", str(_space_file(tmp_path)), "--trials", "6", "--max-concurrent", "2",
+                          "--data", str(demo_data), "--storage", str(out), "--name", "s",
+                          "--export", str(tmp_path / "best.pt")]) == 0
+    report = json.loads((out / "s" / REPORT_JSON).read_text())
+    trials = report["trials"]
+    assert len(trials) == 6 and [t["rank"] for t in trials] == [1, 2, 3, 4, 5, 6]
+    assert [t["mifid"] for t in trials] == sorted(t["mifid"] for t in trials)
+    stopped = [t for t in trials if t["stopped_early"]]
+    assert stopped, "ASHA stopped no trial"
+    assert all(t["epochs"] < 4 for t in stopped) and any(t["epochs"] == 4 for t in trials)
+    for t in trials:  # each trial's curve is its own epochs, once each, and its best is the curve's minimum
+        epochs = [e for e, _ in t["curve"]]
+        assert epochs == list(range(1, t["epochs"] + 1)) and t["mifid"] == min(s for _, s in t["curve"])
+    md = (out / "s" / REPORT_MD).read_text()
+    assert md.index(trials[0]["trial"]) < md.index(trials[-1]["trial"])
+    for name in (SAMPLES_PNG, CURVES_PNG):
+        assert Image.open(out / "s" / name).format == "PNG"
+    best = from_bytes((tmp_path / "best.pt").read_bytes(), "best.pt", expect_kind="cyclegan")
+    assert best.config["upsample"] == trials[0]["settings"]["upsample"]
+    result = stylize(str(demo_data / "photo_jpg"), BatchOptions(checkpoint=str(tmp_path / "best.pt"),
+                                                                output=open_storage(str(tmp_path / "styled")),
+                                                                progress=False))
+    assert result.report["counts"]["outputs"] == 24
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes(demo_data, tmp_path):
+    """The search is interrupted (Ctrl-C) while trials run; the same command again continues them, not from zero."""
+    out = tmp_path / "runs"
+    space = _space_file(tmp_path, base={**BASE, "epochs": 3},
+                        space={"lr": {"choice": [0.0002, 0.0005]}, "ngf": {"choice": [8]}})
+    cmd = [sys.executable, "-m", "jobs.tune", "--space", str(space), "--trials", "2", "--max-concurrent", "2",
+           "--data", str(demo_data), "--storage", str(out), "--name", "r", "--scheduler", "asha",
+           "--grace-epochs", "3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while (first.poll() is None and time.monotonic() < deadline
+           and len(list((out / "r" / "trials").glob("*/checkpoint_epoch_00000"))) < 2):
+        time.sleep(0.2)
+    assert first.poll() is None, first.stdout.read().decode()[-2000:]
+    time.sleep(2)  # let Tune save its experiment state after those reports
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and the driver and its Ray stop
+    try:
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "(resumed)" in done.stdout
+    report = json.loads((out / "r" / REPORT_JSON).read_text())
+    assert report["resumed"] and len(report["trials"]) == 2
+    for t in report["trials"]:  # every epoch once: the resumed trials did not start again from epoch 1
+        assert [e for e, _ in t["curve"]] == [1, 2, 3]
+        history = sorted((out / "r" / "trials" / t["trial"]).glob("checkpoint_epoch_*"))
+        assert history, t
