@@ -158,28 +158,35 @@ def test_a_node_lost_mid_training_continues_on_the_rest(nodes, demo_data, tmp_pa
             marker.write_text(ray.get_runtime_context().get_node_id())
             time.sleep(300)  # the test removes this worker's node while it is here
 
-    lines: list[str] = []
-    done: dict = {}
     settings = _settings(demo_data, num_workers=2, min_workers=1, epochs=3, max_failures=2)
-    def train() -> None:
-        try:
-            done["r"] = run_training(settings, "elastic", str(runs), hook=lose_my_node, echo=lines.append)
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            done["error"] = e
+    for attempt in range(3):  # an elastic run starts with the workers whose resources are ready at that moment;
+        name = f"elastic{attempt}"  # on a loaded machine that is sometimes 1: then there is no node to lose, retry
+        lines: list[str] = []
+        done: dict = {}
 
-    job = threading.Thread(target=train)
-    job.start()
-    deadline = time.monotonic() + 300
-    while not marker.exists() and job.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), f"no second worker reached epoch 2: {lines}"
+        def train() -> None:
+            try:
+                done["r"] = run_training(settings, name, str(runs), hook=lose_my_node, echo=lines.append)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                done["error"] = e
+
+        job = threading.Thread(target=train)
+        job.start()
+        deadline = time.monotonic() + 300
+        while not marker.exists() and job.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if marker.exists():
+            break
+        job.join(timeout=60)
+        _wait_free_slots(2)
+    assert marker.exists(), f"no second worker reached epoch 2 in 3 runs: {lines}"
     node = next(w for w in workers if w.node_id == marker.read_text())
     workers.remove(node)
     cluster.remove_node(node)
     job.join(timeout=400)
     assert not job.is_alive(), "training did not finish after the node was removed"
     assert "r" in done, f"training failed after the node was removed: {done.get('error')!r}"
-    history = _history(runs, "elastic")
+    history = _history(runs, name)
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert [(h["workers"], h["nodes"]) for h in history] == [(2, 2), (1, 1), (1, 1)], (history, lines)
     assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]  # each epoch printed once
