@@ -71,10 +71,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
         args = p.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if v is not None and (k in RUN_FLAGS or k in ("model", "use_gpu"))}
     model_cfg = {k: v for k, v in vars(args).items() if v is not None and k in MODEL_FLAGS}
+    return args, TrainSettings(**values, **data_sources(args), model_config=model_cfg)
+
+
+def data_sources(args: argparse.Namespace) -> dict:
+    """photos and paintings from --photos/--paintings, else from the Kaggle layout under --data."""
     root = args.data.rstrip("/") if args.data else None  # a local folder or an s3:// prefix: both join with "/"
-    photos = args.photos or (f"{root}/photo_jpg" if root else None)
-    paintings = args.paintings or (f"{root}/monet_jpg" if root else None)
-    return args, TrainSettings(**values, photos=photos, paintings=paintings, model_config=model_cfg)
+    return {"photos": args.photos or (f"{root}/photo_jpg" if root else None),
+            "paintings": args.paintings or (f"{root}/monet_jpg" if root else None)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import yaml
 from gan.train.loop import TrainSettings
 from gan.train.search import REPORT_MD, SearchError, SearchOptions, export_best, run_search
 from jobs.cli import location, parser, run_main
-from jobs.train import MODEL_FLAGS, RUN_FLAGS
+from jobs.train import MODEL_FLAGS, RUN_FLAGS, data_sources
 
 
 def duration(value: str) -> float:
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     base, space = load_space(args.space)
     run = {k: v for k, v in base.items() if k in RUN_FLAGS or k == "model"}
     model = {k: v for k, v in base.items() if k in MODEL_FLAGS}
-    root = args.data.rstrip("/") if args.data else None
-    settings = TrainSettings(**run, model_config=model,
-                             photos=args.photos or (f"{root}/photo_jpg" if root else None),
-                             paintings=args.paintings or (f"{root}/monet_jpg" if root else None))
+    settings = TrainSettings(**run, model_config=model, **data_sources(args))
     opts = SearchOptions(trials=args.trials, time_budget_s=args.time_budget, scheduler=args.scheduler,
                          gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                          grace_epochs=args.grace_epochs)

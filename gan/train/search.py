@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw
 
 from gan.io.storage import open_storage, read_uri, write_uri
 from gan.models.registry import get_model
-from gan.train.loop import (BEST_FILE, BEST_SAMPLES_FILE, GENERATOR_FILE, HISTORY_FILE, TrainSettings, check_settings,
+from gan.train.loop import (BEST_FILE, BEST_SAMPLES_FILE, GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE,
+                            TrainSettings, check_settings,
                             make_trainer, storage_args, worker_count)
 from gan.train.quality import SCORE, line_plot
 
@@ -39,7 +40,6 @@ class SearchOptions:
     gpus_per_trial: float = 0.0        # per training worker: 0.25 puts four trials on one GPU
     max_concurrent: int | None = None  # default: as many as the cluster's CPUs or GPUs hold
     grace_epochs: int = 1              # ASHA: epochs every trial gets before it can be stopped
-    seed: int = 0
 
 
 def parse_space(space: dict, allowed: set[str]) -> dict:
@@ -113,10 +113,10 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     base = replace(base, eval_every=1)
     if opts.gpus_per_trial > 0:
         base = replace(base, use_gpu=True, gpus_per_worker=opts.gpus_per_trial)
-    sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in parse_space(space, _allowed(base)).items()}
-    check_settings(trial_settings(base, sample))  # sizes, data: fail here, not in every trial
-    base = check_settings(base)
     domains = parse_space(space, _allowed(base))
+    sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in domains.items()}
+    base = check_settings(base)
+    trial_settings(base, sample).build_model_config()  # a sampled trial's sizes: fail here, not in every trial
     ensure_ray()
     root = f"{storage.rstrip('/')}/{name}"
     trials_storage = f"{root}/trials"
@@ -226,7 +226,7 @@ def samples_png(trials: list[tuple[dict, object]]) -> bytes:
     """Each top trial's best-epoch samples (the same fixed photos in every trial), one labelled row each."""
     rows = []
     for t, storage in trials:
-        name = BEST_SAMPLES_FILE if storage.exists(BEST_SAMPLES_FILE) else "samples.png"
+        name = BEST_SAMPLES_FILE if storage.exists(BEST_SAMPLES_FILE) else SAMPLES_FILE
         if storage.exists(name):
             rows.append((f"#{t['rank']} {t['trial']}  {SCORE} {t[SCORE]:.2f}", Image.open(io.BytesIO(storage.read(name))).convert("RGB")))
     width = max((img.width for _, img in rows), default=320)
