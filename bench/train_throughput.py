@@ -65,13 +65,11 @@ def gpu_precision(steps: int = 20) -> None:
         print("gpu: no CUDA device here; the bf16/channels_last comparison runs on a GPU machine")
         return
     x = torch.rand(4, 3, 256, 256, device="cuda") * 2 - 1
-    for label, autocast, cl in (("fp32", False, False), ("bf16+channels_last", True, True)):
-        trainer = CycleGANTrainer(CycleGANConfig(), "cuda")
+    for label, precision, cl in (("fp32", "fp32", False), ("bf16+channels_last", "bf16", True)):
+        trainer = CycleGANTrainer(CycleGANConfig(), "cuda", precision=precision)
         if cl:
             for m in (trainer.g_ab, trainer.g_ba, trainer.d_a, trainer.d_b):
                 m.to(memory_format=torch.channels_last)
-        trainer._autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if autocast else \
-            (lambda: torch.autocast("cuda", enabled=False))
         for _ in range(3):
             trainer.step(x, x)
         torch.cuda.synchronize()

@@ -20,7 +20,7 @@ from gan.train.loop import BEST_FILE, CURVE_FILE, GENERATOR_FILE, SAMPLES_FILE, 
 MODEL_FLAGS = {"image_size": int, "ngf": int, "ndf": int, "n_blocks": int, "n_layers_d": int, "nz": int,
                "lr": float, "lambda_cycle": float, "lambda_identity": float, "decay_epochs": int, "pool_size": int,
                "diffaugment": str, "upsample": str, "ema": float, "residual": boolean, "preprocess": str}
-RUN_FLAGS = {"epochs": int, "batch_size": int, "checkpoint_every": int, "keep_checkpoints": int, "num_workers": int,
+RUN_FLAGS = {"epochs": int, "batch_size": int, "precision": str, "checkpoint_every": int, "keep_checkpoints": int, "num_workers": int,
              "min_workers": int, "worker_resources": resources,
              "cpus_per_worker": float, "loader_workers": int, "max_failures": int, "seed": int, "steps_per_epoch": int,
              "eval_every": int, "eval_photos": int, "eval_features": str}

@@ -1,7 +1,8 @@
 """Hyperparameter search with Ray Tune on the MiFID measured during training; a ranked comparison at the end.
 
 python -m jobs.tune --space tune.yaml --trials 8 --time-budget 30m --data ../shared/data/gan-getting-started
-python -m jobs.tune --space tune.yaml --trials 12 --gpus-per-trial 0.25 --use-gpu ...   # four trials per GPU
+python -m jobs.tune --space tune.yaml --trials 12 --gpus-per-trial 0.25 ...   # four trials per GPU
+python -m jobs.tune --space tune-pbt.yaml --trials 8 --scheduler pbt ...   # population-based: LR, loss weights
 The same --name and --storage continue an interrupted search. Writes STORAGE/NAME/report.{md,json},
 samples.png, curves.png and best_generator.pt (loads in jobs.stylize and Serve); --export copies the best.
 """
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", required=True, type=location, help="YAML with base: settings and space: to search")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--time-budget", type=duration, default=None, help="stop starting and running trials after this")
-    p.add_argument("--scheduler", choices=["asha"], default="asha")
-    p.add_argument("--grace-epochs", type=int, default=1, help="epochs every trial runs before it can be stopped")
+    p.add_argument("--scheduler", choices=["asha", "pbt"], default="asha",
+                   help="asha: stop trailing trials early; pbt: population-based training (the worst trials "
+                        "continue the best ones' weights with perturbed LR, loss weights, DiffAugment, EMA)")
+    p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs every trial runs before it can be stopped")
+    p.add_argument("--perturbation-epochs", type=int, default=1, help="PBT: epochs between exploit/explore rounds")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU share per training worker, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--data", type=location, help="Kaggle-layout root: photo_jpg/ and monet_jpg/")
@@ -65,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainSettings(**run, model_config=model, **data_sources(args))
     opts = SearchOptions(trials=args.trials, time_budget_s=args.time_budget, scheduler=args.scheduler,
                          gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                         grace_epochs=args.grace_epochs)
+                         grace_epochs=args.grace_epochs, perturbation_epochs=args.perturbation_epochs)
     print(f"tune: '{args.name}', {args.trials} trials of {settings.model} ({args.scheduler}), "
           f"results in {args.storage}/{args.name}")
     report = run_search(settings, space, opts, args.name, args.storage)
     for t in report["trials"][:5]:
+        how = (f" (continued from {', '.join(t['continued_from'])})" if t["continued_from"] else
+               " (stopped early)" if t["stopped_early"] and report["scheduler"] == "asha" else "")
         print(f"tune: #{t['rank']} {t['trial']}  mifid {t['mifid']:.2f} at epoch {t['best_epoch']} of "
-              f"{t['epochs']}{' (stopped early)' if t['stopped_early'] else ''}, {t['train_seconds']} s")
+              f"{t['epochs']}{how}, {t['train_seconds']} s")
     print(f"tune: {len(report['trials'])} trials in {report['seconds']:.0f} s"
           f"{' (resumed)' if report['resumed'] else ''}; report {args.storage}/{args.name}/{REPORT_MD}")
     if args.export:

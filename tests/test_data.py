@@ -150,6 +150,13 @@ def test_datasets_give_augmented_tensors(demo_data):
     assert len(ds) == 24
     a, b = ds[0]
     assert a.shape == b.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1
-    torch.manual_seed(0); x = ds.photos[0]
-    torch.manual_seed(1); y = ds.photos[0]
-    assert not torch.equal(x, y)  # random crop / flip
+    # augmentation (crop, flip, the painting drawn) follows (seed, epoch, index), not the process's RNG: another
+    # worker or loader process building the same item gets the same tensors, another epoch other crops
+    other = UnpairedDataset(ImageDataset(photos, 32, jitter=True), ImageDataset(paintings, 32, jitter=True))
+    torch.manual_seed(0); x = [ds[i] for i in range(4)]
+    torch.manual_seed(1); y = [other[i] for i in range(4)]
+    assert all(torch.equal(p, q) and torch.equal(u, v) for (p, u), (q, v) in zip(x, y))
+    other.set_epoch(1, seed=0)
+    assert any(not torch.equal(p, q) for (p, _), (q, _) in zip(x, [other[i] for i in range(4)]))
+    ds.set_epoch(1, seed=7)
+    assert any(not torch.equal(p, q) for (p, _), (q, _) in zip(x, [ds[i] for i in range(4)]))

@@ -83,6 +83,59 @@ def test_asha_stops_poor_trials_and_the_report_ranks_them(ray_cluster, demo_data
     assert result.report["counts"]["outputs"] == 24
 
 
+def test_pbt_hands_the_best_trials_weights_to_the_worst(ray_cluster, demo_data, tmp_path):
+    """Population-based training: a trailing trial continues a leading trial's weights (a new Train run started
+    from that trial's checkpoint, with its own perturbed settings), so its curve carries on, not from zero."""
+    out = tmp_path / "runs"
+    space = _space_file(tmp_path, base={**BASE, "epochs": 3},
+                        space={"lr": {"choice": [0.00000001, 0.001]}, "lambda_cycle": {"uniform": [5.0, 10.0]}})
+    assert tune_job.main(["--space", str(space), "--trials", "2", "--max-concurrent", "2", "--scheduler", "pbt",
+                          "--data", str(demo_data), "--storage", str(out), "--name", "p"]) == 0
+    report = json.loads((out / "p" / REPORT_JSON).read_text())
+    trials = report["trials"]
+    assert report["scheduler"] == "pbt" and len(trials) == 2
+    continued = [t for t in trials if t["continued_from"]]
+    assert continued, "PBT handed no trial another's weights"
+    names = {t["trial"] for t in trials}
+    for t in continued:
+        assert set(t["continued_from"]) <= names - {t["trial"]}
+        assert [e for e, _ in t["curve"]] == [1, 2, 3]  # the donor's epochs, then its own: each once
+        run = Path(t["checkpoint"]).parent.name
+        assert run.startswith(t["trial"] + "-from-"), run
+    assert "| continued from |" in (out / "p" / REPORT_MD).read_text()
+
+
+def test_pbt_refuses_a_space_that_changes_the_networks(ray_cluster, demo_data, tmp_path, capsys):
+    from jobs.cli import run_main
+    path = _space_file(tmp_path, space={"lr": {"choice": [0.001, 0.0002]}, "ngf": {"choice": [8, 16]}})
+    code = run_main(tune_job.main, ["--space", str(path), "--scheduler", "pbt", "--data", str(demo_data),
+                                    "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "ngf cannot change while a trial trains" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_continued_run_follows_its_configured_lr():
+    """A trial continued by PBT (or a run resumed with another --lr) trains at its own LR, at the schedule's point."""
+    from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer
+    from gan.models.dcgan import DCGANConfig, DCGANTrainer
+    sizes = {"image_size": 32, "ngf": 8, "ndf": 8, "n_blocks": 1, "epochs": 4, "decay_epochs": 2}
+    saved = CycleGANTrainer(CycleGANConfig(**sizes, lr=2e-4))
+    for _ in range(3):  # epoch 3 of 4: a third of the LR left
+        saved.opt_g.step(), saved.opt_d.step(), saved.end_epoch()
+    continued = CycleGANTrainer(CycleGANConfig(**sizes, lr=1e-3))
+    continued.load_state_dict(saved.state_dict())
+    for opt in (continued.opt_g, continued.opt_d):
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)
+    continued.end_epoch()
+    assert continued.opt_g.param_groups[0]["lr"] == pytest.approx(0.0)
+    same = CycleGANTrainer(CycleGANConfig(**sizes, lr=2e-4))
+    same.load_state_dict(saved.state_dict())  # the same LR: resuming changes nothing
+    assert same.opt_g.param_groups[0]["lr"] == pytest.approx(saved.opt_g.param_groups[0]["lr"])
+    dc = DCGANTrainer(DCGANConfig(ngf=8, ndf=8, lr=5e-4))
+    dc.load_state_dict(DCGANTrainer(DCGANConfig(ngf=8, ndf=8, lr=2e-4)).state_dict())
+    assert dc.opt_g.param_groups[0]["lr"] == dc.opt_d.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
 @pytest.mark.slow
 def test_an_interrupted_search_resumes(demo_data, tmp_path):
     """The search is interrupted (Ctrl-C) while trials run; the same command again continues them, not from zero."""

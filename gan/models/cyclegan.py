@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
-from gan.models.schedule import linear_decay
+from gan.models.schedule import apply_lr, linear_decay
 from gan.models.spec import EncodedImages, ModelSpec
 from gan.batch.inference import stylize_pixels
 from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
@@ -158,9 +158,9 @@ class CycleGANTrainer:
     """
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device | str = "cpu",
-                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0):
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto"):
         torch.manual_seed(seed)
-        self.cfg, self.device = cfg, torch.device(device)
+        self.cfg, self.device, self.precision = cfg, torch.device(device), precision
         make_g = lambda: build_generator(cfg).to(self.device)  # noqa: E731
         make_d = lambda: PatchDiscriminator(cfg.ndf, cfg.n_layers_d).to(self.device)  # noqa: E731
         self.g_ab, self.g_ba = wrap(make_g()), wrap(make_g())  # photo -> Monet, Monet -> photo
@@ -193,7 +193,7 @@ class CycleGANTrainer:
         d_a, d_b = unwrap(self.d_a), unwrap(self.d_b)
         set_requires_grad([d_a, d_b], False)
         self.opt_g.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
             rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
             loss_gan = lsgan_loss(d_b(self._d_in(fake_b)), True) + lsgan_loss(d_a(self._d_in(fake_a)), True)
@@ -214,7 +214,7 @@ class CycleGANTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_b.query(fake_b.detach().float())
         pooled_a = self.pool_a.query(fake_a.detach().float())
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             loss_d_b = 0.5 * (lsgan_loss(self.d_b(self._d_in(real_b)), True) +
                               lsgan_loss(self.d_b(self._d_in(pooled_b)), False))
             loss_d_a = 0.5 * (lsgan_loss(self.d_a(self._d_in(real_a)), True) +
@@ -241,6 +241,8 @@ class CycleGANTrainer:
             unwrap(getattr(self, k)).load_state_dict(state[k])
         for k in ("opt_g", "opt_d", "sched_g", "sched_d"):
             getattr(self, k).load_state_dict(state[k])
+        apply_lr(self.opt_g, self.cfg.lr, self.sched_g)
+        apply_lr(self.opt_d, self.cfg.lr, self.sched_d)
         if "pool_a" in state:
             self.pool_a.load_state_dict(state["pool_a"], self.device)
             self.pool_b.load_state_dict(state["pool_b"], self.device)

@@ -18,6 +18,7 @@ from gan.models.diffaugment import diff_augment
 from gan.batch.inference import sample_pixels
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
 from gan.models.spec import EncodedImages, ModelSpec
+from gan.models.schedule import apply_lr
 from gan.train.data import ImageDataset
 from gan.train.samples import noise_grid
 
@@ -91,9 +92,9 @@ class DCGANTrainer:
     """Generator, discriminator, optimizers and the step of the PyTorch example (non-saturating G loss)."""
 
     def __init__(self, cfg: DCGANConfig, device: torch.device | str = "cpu",
-                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0):
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto"):
         torch.manual_seed(seed)
-        self.cfg, self.device = cfg, torch.device(device)
+        self.cfg, self.device, self.precision = cfg, torch.device(device), precision
         self.g = wrap(DCGANGenerator(cfg).to(self.device))
         self.d = wrap(DCGANDiscriminator(cfg).to(self.device))
         betas = (cfg.beta1, 0.999)
@@ -114,7 +115,7 @@ class DCGANTrainer:
         z = torch.randn(b, self.cfg.nz, generator=self.noise_rng).to(self.device)
         # Discriminator: real -> 1, fake -> 0 (separate batches, so BatchNorm sees each alone).
         self.opt_d.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake = self.g(z)
             out_real = self.d(self._d_in(real)).float()
             out_fake = self.d(self._d_in(fake.detach())).float()
@@ -126,7 +127,7 @@ class DCGANTrainer:
         d = unwrap(self.d)
         set_requires_grad([d], False)
         self.opt_g.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             out = d(self._d_in(fake)).float()
             loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         loss_g.backward()
@@ -148,6 +149,8 @@ class DCGANTrainer:
         unwrap(self.d).load_state_dict(state["d"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        apply_lr(self.opt_g, self.cfg.lr)
+        apply_lr(self.opt_d, self.cfg.lr)
         self.noise_rng.set_state(state["noise_rng"])
 
 

@@ -28,7 +28,14 @@ def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def autocast(device: torch.device | str):
-    """bf16 autocast on CUDA (fp32 master weights stay in the optimizer), a no-op elsewhere."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast(device: torch.device | str, precision: str = "auto"):
+    """bf16 autocast (fp32 master weights stay in the optimizer): on CUDA with "auto", anywhere with "bf16";
+    plain fp32 with "fp32", and with "auto" off CUDA."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

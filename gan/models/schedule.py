@@ -1,7 +1,10 @@
-"""Learning-rate rule of CycleGAN: constant, then linear decay to zero."""
+"""Learning-rate rules: CycleGAN's constant-then-linear-decay, and the configured LR over a loaded optimizer."""
 from __future__ import annotations
 
 from typing import Callable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
@@ -17,3 +20,17 @@ def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
         return 1.0 - max(0, epoch + 1 - constant) / float(decay_epochs + 1)
 
     return rule
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, lr: float, scheduler: LambdaLR | None = None) -> None:
+    """Make a loaded optimizer (and its LambdaLR) follow the configured LR, not the one saved with it.
+
+    A continued run may have another LR than the checkpoint it starts from (a search's population-based
+    exploit, or a user's --lr on a resumed run); the LR then resumes at the schedule's current point.
+    """
+    factor = 1.0
+    if scheduler is not None:
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor

@@ -67,9 +67,18 @@ class ImageDataset(Dataset):
         self.images, self.size, self.jitter = images, size, jitter
         default = int(round(size * 1.12 / 2)) * 2 if jitter else size  # 256 -> 286
         self.load_size = max(load_size or default, size)
+        self.epoch, self.seed = 0, 0
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Augmentation is drawn from (seed, epoch, index): the same global batch gets the same crops whatever
+        the number of training workers or loader processes."""
+        self.epoch, self.seed = epoch, seed
+
+    def item_rng(self, index: int, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, stream])
 
     def pixels(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         name, data = self.images[index]
@@ -79,18 +88,25 @@ class ImageDataset(Dataset):
         return pixels
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(self.pixels(index, np.random.default_rng(torch.randint(2 ** 62, ()).item())))
+        return to_tensor(self.pixels(index, self.item_rng(index)))
 
 
 class UnpairedDataset(Dataset):
-    """(photo, painting) pairs for CycleGAN: photo i with a random painting, as in the reference."""
+    """(photo, painting) pairs for CycleGAN: photo i with a random painting, as in the reference; the painting
+    and both crops are drawn from (seed, epoch, i) (see `ImageDataset.set_epoch`)."""
 
     def __init__(self, photos: ImageDataset, paintings: ImageDataset):
         self.photos, self.paintings = photos, paintings
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        self.photos.set_epoch(epoch, seed)
+        self.paintings.set_epoch(epoch, seed)
 
     def __len__(self) -> int:
         return max(len(self.photos), len(self.paintings))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = int(torch.randint(len(self.paintings), ()))
-        return self.photos[index % len(self.photos)], self.paintings[j]
+        rng = self.photos.item_rng(index, stream=1)
+        j = int(rng.integers(len(self.paintings)))
+        photo = self.photos.pixels(index % len(self.photos), self.photos.item_rng(index))
+        return to_tensor(photo), to_tensor(self.paintings.pixels(j, rng))

@@ -25,6 +25,7 @@ from ray.train import UserCallback
 from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
+from gan.models.layers import PRECISIONS
 from gan.train.data import DataError, load_encoded_images
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
 from gan.io.sources import read_input, scan_inputs
@@ -56,6 +57,7 @@ class TrainSettings:
     min_workers: int | None = None          # elastic: start with >= this many, go on with them after a node is lost
     worker_resources: dict = field(default_factory=dict)  # custom resources each worker needs, e.g. {"trainer": 1}
     use_gpu: bool = False
+    precision: str = "auto"                 # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0            # with use_gpu; a fraction shares a GPU (several search trials on one)
     loader_workers: int = 0
@@ -132,7 +134,7 @@ class EpochLines(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put({**metrics[0], "checkpoint": checkpoint is not None})
+        self.queue.put({**metrics[0], "checkpoint": checkpoint.path if checkpoint else None})
 
 
 def check_settings(settings: TrainSettings) -> TrainSettings:
@@ -141,6 +143,8 @@ def check_settings(settings: TrainSettings) -> TrainSettings:
     if settings.min_workers is not None and not 1 <= settings.min_workers <= settings.num_workers:
         raise ValueError(f"min_workers must be between 1 and num_workers ({settings.num_workers}), "
                          f"got {settings.min_workers}")
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     settings.build_model_config()
     validate_data(settings)
     return settings
@@ -160,8 +164,12 @@ def worker_count(settings: TrainSettings) -> int | tuple[int, int]:
 
 
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
-                 callbacks: list | None = None):
-    """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume."""
+                 callbacks: list | None = None, start_from: str | None = None):
+    """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume.
+
+    `start_from`: a checkpoint folder (local or s3://) of another run that a new run starts from, with its own
+    settings (a population-based search's exploit); the run's own checkpoints, once it has one, win.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
     res = {"CPU": settings.cpus_per_worker, **settings.worker_resources}
@@ -169,7 +177,7 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
         res["GPU"] = settings.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": asdict(settings), "hook": hook},
+        train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from},
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(settings), use_gpu=settings.use_gpu,
                                                resources_per_worker=res),
         run_config=ray.train.RunConfig(
@@ -260,9 +268,19 @@ class _Run:
     best: Best = field(default_factory=Best)
 
 
-def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
-    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from."""
+def _start_checkpoint(start_from: str | None):
+    """The run's latest checkpoint, else the other run's checkpoint it was told to start from (or None)."""
     import ray.train
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and start_from:
+        where = storage_args(start_from)
+        checkpoint = ray.train.Checkpoint(where["storage_path"], filesystem=where.get("storage_filesystem"))
+    return checkpoint
+
+
+def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int,
+           start_from: str | None = None) -> _Run:
+    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from."""
     import ray.train.torch as rt
     if hook:
         hook("setup", rank, 0)
@@ -270,16 +288,21 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int) -> _Run:
     model_cfg = settings.build_model_config()
     images = {source: load_encoded_images(getattr(settings, source))[0] for source in spec.sources}
     wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
-    trainer = spec.trainer(model_cfg, rt.get_device(), wrap, seed=settings.seed)
-    loader = torch.utils.data.DataLoader(spec.dataset(images, model_cfg), batch_size=settings.batch_size,
-                                         shuffle=True, drop_last=True, num_workers=settings.loader_workers)
+    trainer = spec.trainer(model_cfg, rt.get_device(), wrap, seed=settings.seed, precision=settings.precision)
+    # The order of every epoch is one permutation of (seed, epoch) shared out by rank, at any world size: with
+    # the per-item augmentation (ImageDataset.set_epoch), N workers x batch B see what one worker x batch N*B sees.
+    dataset = spec.dataset(images, model_cfg)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=settings.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=settings.loader_workers)
     fixed = spec.sample_inputs(images, model_cfg, settings.sample_count, settings.seed)
-    run = _Run(trainer, rt.prepare_data_loader(loader), fixed, model_cfg)
+    run = _Run(trainer, rt.prepare_data_loader(loader, add_dist_sampler=False), fixed, model_cfg)
     if rank == 0 and settings.eval_photos > 0:
         run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, rt.get_device(),
                                        settings.seed)
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _start_checkpoint(start_from)
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = load_state(Path(d) / STATE_FILE)
@@ -335,7 +358,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     error, run = "", None
     try:
-        run = _setup(settings, hook, rank)
+        run = _setup(settings, hook, rank, world, config.get("start_from"))
     except ValueError as e:  # bad data, sizes or checkpoint: the same on every attempt
         error = str(e)
     error = _setup_errors(error, world)
@@ -391,8 +414,8 @@ def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoc
                  world: int) -> dict:
     """One pass over this worker's shard; the epoch's mean losses, speed and LR."""
     trainer, loader = run.trainer, run.loader
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch, settings.seed)
     torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
     sums: dict[str, float] = {}
     images, t0 = 0, time.perf_counter()

@@ -1,13 +1,15 @@
 """Hyperparameter search with Ray Tune over our own training loop, on the score measured during training.
 
 Ray Train V2 has no `Tuner(trainer)`: each trial is a small driver function that builds a `TorchTrainer` for its
-settings and calls `fit()`; `TuneReportCallback` forwards every epoch's metrics (MiFID included) to Tune, where
-ASHA decides which trials go on. Each trial's training run is named after
-the trial and checkpoints into the search's storage, so a search rerun with the same name restores the Tune
-experiment and every unfinished trial continues from its last epoch checkpoint.
+settings, calls `fit()` and forwards every epoch's metrics (MiFID included) to Tune, with a Tune checkpoint that
+names the epoch's Train checkpoint. ASHA stops trials that trail; population-based training (PBT) hands the
+best trials' weights to the worst with perturbed settings. Each trial's training run is named after the trial
+and checkpoints into the search's storage, so a search rerun with the same name restores the Tune experiment
+and every unfinished trial continues from its last epoch checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -40,6 +42,7 @@ class SearchOptions:
     gpus_per_trial: float = 0.0        # per training worker: 0.25 puts four trials on one GPU
     max_concurrent: int | None = None  # default: as many as the cluster's CPUs or GPUs hold
     grace_epochs: int = 1              # ASHA: epochs every trial gets before it can be stopped
+    perturbation_epochs: int = 1       # PBT: epochs between exploit/explore rounds
 
 
 def parse_space(space: dict, allowed: set[str]) -> dict:
@@ -71,25 +74,118 @@ def trial_settings(base: TrainSettings, config: dict) -> TrainSettings:
     return replace(base, **run, model_config=model)
 
 
+POINTER_FILE = "train_checkpoint.json"  # a Tune checkpoint: where the trial's Train checkpoint of that epoch is
+# what a population-based search may change while a trial trains (its sizes cannot: the weights carry on)
+PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
+
+
+def _own_run(trial_id: str, train_checkpoint: str) -> str | None:
+    """The Train run name when a Tune checkpoint points into one of this trial's own runs (a restored search)."""
+    run = Path(train_checkpoint.rstrip("/")).parent.name
+    return run if run == trial_id or run.startswith(trial_id + "-from-") else None
+
+
 def run_trial(config: dict) -> None:
-    """One Tune trial: its own Ray Train run (named after the trial, so a restored search resumes it)."""
+    """One Tune trial: a driver for its own Ray Train run, forwarding each epoch's metrics to Tune.
+
+    Each epoch's report carries a small Tune checkpoint that names the Train checkpoint of that epoch. A trial
+    restored with its own checkpoint (an interrupted search, rerun) rejoins its Train run, which resumes; a trial
+    handed another trial's checkpoint (population-based training's exploit) starts a new Train run from it with
+    its new settings.
+    """
+    import tempfile
+    import threading
+
+    import ray
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-    ctx = ray.tune.get_context()
+    from ray.util.queue import Empty, Queue
+
+    from gan.train.loop import EpochLines
+    trial_id = ray.tune.get_context().get_trial_id()
     base = TrainSettings(**config.pop("__base__"))
     storage = config.pop("__storage__")
     settings = trial_settings(base, config)
-    make_trainer(settings, ctx.get_trial_id(), storage, callbacks=[TuneReportCallback()]).fit()
+    name, start_from, donor = trial_id, None, None
+    tune_checkpoint = ray.tune.get_checkpoint()
+    if tune_checkpoint is not None:
+        with tune_checkpoint.as_directory() as d:
+            pointer = json.loads((Path(d) / POINTER_FILE).read_text())
+        if pointer.get("epoch", -1) + 1 >= settings.epochs:
+            return  # handed a finished trial's last checkpoint (PBT's last round): nothing is left to train
+        own = _own_run(trial_id, pointer["path"])
+        if own:
+            name = own
+        else:
+            donor, start_from = pointer["trial"], pointer["path"]
+            name = f"{trial_id}-from-{hashlib.sha1(start_from.encode()).hexdigest()[:8]}"
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(settings, name, storage, callbacks=[EpochLines(queue)], start_from=start_from)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - raised again in the trial's thread
+            outcome["error"] = e
+
+    runner = threading.Thread(target=fit, daemon=True)
+    runner.start()
+    try:
+        while runner.is_alive() or not queue.empty():
+            try:
+                m = queue.get(timeout=0.2)
+            except Empty:
+                continue
+            path = m.pop("checkpoint")
+            metrics = {**m, "run": name, **({"continued_from": donor} if donor else {})}
+            if not path:
+                ray.tune.report(metrics)
+                continue
+            path = _uri(path, storage)
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / POINTER_FILE).write_text(json.dumps({"path": path, "trial": trial_id,
+                                                                  "epoch": m["epoch"]}))
+                ray.tune.report({**metrics, "checkpoint_path": path},
+                                checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+    finally:
+        ray.kill(queue.actor)
+    if "error" in outcome:
+        raise outcome["error"]
+    value = outcome["result"].return_value
+    if isinstance(value, dict) and value.get("error"):
+        raise SearchError(value["error"])
 
 
-def _scheduler(opts: SearchOptions, epochs: int):
-    """ASHA: stop trials whose score trails the others' at grace, 2 x grace, 4 x grace, ... epochs."""
-    from ray.tune.schedulers import ASHAScheduler
-    if opts.scheduler != "asha":
-        raise SearchError(f"scheduler must be asha, got {opts.scheduler!r}")
+def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
+    """ASHA: stop trials whose score trails the others' at grace, 2 x grace, 4 x grace, ... epochs.
+    PBT: every `perturbation_epochs`, once every trial got there, the worst quarter continue the best quarter's
+    weights with their settings perturbed (x0.8 / x1.2, or a neighbouring choice; a quarter of the time resampled).
+    Synchronous, because a GAN's score moves with its epoch: trials ahead would otherwise look better."""
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
     max_t = max(1, epochs - 1)  # "epoch" counts from 0
-    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(max(1, opts.grace_epochs), max_t),
-                         reduction_factor=2)
+    if opts.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(max(1, opts.grace_epochs), max_t),
+                             reduction_factor=2)
+    if opts.scheduler == "pbt":
+        mutations = {k: v for k, v in domains.items() if hasattr(v, "sample")}
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=max(1, opts.perturbation_epochs),
+                                       hyperparam_mutations=mutations, quantile_fraction=0.25,
+                                       resample_probability=0.25, log_config=False,
+                                       synch=True)  # trials compared at the same epoch, as the paper's A.1
+    raise SearchError(f"scheduler must be asha or pbt, got {opts.scheduler!r}")
+
+
+def _check_pbt_space(domains: dict) -> None:
+    """PBT continues one trial's weights with another's settings: only settings that leave the networks' shapes
+    as they are may vary, and at least one must."""
+    varied = [k for k, v in domains.items() if hasattr(v, "sample")]
+    fixed_only = [k for k in varied if k not in PBT_MUTABLE]
+    if fixed_only:
+        raise SearchError(f"search space: {', '.join(fixed_only)} cannot change while a trial trains (PBT hands "
+                          f"one trial's weights to another): fix it under base:, or use --scheduler asha; PBT "
+                          f"varies {', '.join(PBT_MUTABLE)}")
+    if not varied:
+        raise SearchError(f"search space: PBT needs at least one of {', '.join(PBT_MUTABLE)} to vary")
 
 
 def concurrency(base: TrainSettings, opts: SearchOptions) -> int:
@@ -114,6 +210,8 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     if opts.gpus_per_trial > 0:
         base = replace(base, use_gpu=True, gpus_per_worker=opts.gpus_per_trial)
     domains = parse_space(space, _allowed(base))
+    if opts.scheduler == "pbt":
+        _check_pbt_space(domains)
     sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in domains.items()}
     base = check_settings(base)
     trial_settings(base, sample).build_model_config()  # a sampled trial's sizes: fail here, not in every trial
@@ -132,7 +230,7 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
                                    resume_errored=True, storage_filesystem=fs)
         resumed = True
     else:
-        scheduler = _scheduler(opts, base.epochs)
+        scheduler = _scheduler(opts, base.epochs, domains)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=SCORE, mode="min", scheduler=scheduler, num_samples=opts.trials,
@@ -144,7 +242,7 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
         )
         resumed = False
     results = tuner.fit()
-    return comparison(results, root, time.monotonic() - started, resumed)
+    return comparison(results, root, time.monotonic() - started, resumed, opts.scheduler)
 
 
 def _allowed(base: TrainSettings) -> set[str]:
@@ -156,17 +254,20 @@ def _allowed(base: TrainSettings) -> set[str]:
 
 # --- the comparison ---------------------------------------------------------------------------------
 
-def comparison(results, root: str, seconds: float, resumed: bool) -> dict:
+def comparison(results, root: str, seconds: float, resumed: bool, scheduler: str = "asha") -> dict:
     """Rank the trials by their best score; write report.json, report.md, samples.png, curves.png and the best
     trial's generator beside the trials."""
     trials = []
     for r in results:
         df = r.metrics_dataframe
-        rows = [] if df is None else df.to_dict("records")
-        ckpt_dir = next((_uri(h["checkpoint_path"], root) for h in reversed(rows)
+        reports = [] if df is None else df.to_dict("records")  # what this trial reported to Tune
+        ckpt_dir = next((_uri(h["checkpoint_path"], root) for h in reversed(reports)
                          if isinstance(h.get("checkpoint_path"), str)), None)
-        # the run's own history (every epoch, also those before a resumed search) is the record; Tune's rows
-        # only cover what this Tune session saw
+        donors = sorted({h["continued_from"] for h in reports if isinstance(h.get("continued_from"), str)})  # PBT
+        trial_id = next((h["trial_id"] for h in reversed(reports) if isinstance(h.get("trial_id"), str)), None)
+        # the run's own history (every epoch, also those before a resumed search or, under PBT, those of the
+        # trial whose weights it continued) is the record; Tune's rows only cover what this Tune session saw
+        rows = reports
         if ckpt_dir and open_storage(ckpt_dir).exists(HISTORY_FILE):
             rows = json.loads(open_storage(ckpt_dir).read(HISTORY_FILE))
         history = [h for h in rows if SCORE in h and h[SCORE] == h[SCORE]]  # NaN: epochs not scored
@@ -175,13 +276,14 @@ def comparison(results, root: str, seconds: float, resumed: bool) -> dict:
         best = min(history, key=lambda h: h[SCORE])
         config = {k: v for k, v in r.config.items() if not k.startswith("__")}
         trials.append({
-            "trial": str(r.metrics.get("trial_id") or Path(r.path or "?").name),
+            "trial": trial_id or Path(r.path or "?").name,
             SCORE: best[SCORE], "fid": best.get("fid"), "best_epoch": int(best["epoch"]) + 1,
             "epochs": int(max(h["epoch"] for h in history)) + 1,
             "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
             "images_per_s": round(sum(h.get("images_per_s", 0.0) for h in history) / len(history), 2),
             "stopped_early": None, "settings": config,
             "curve": [[int(h["epoch"]) + 1, h[SCORE]] for h in history], "checkpoint": ckpt_dir,
+            "continued_from": donors,
         })
     trials.sort(key=lambda t: t[SCORE])
     longest = max((t["epochs"] for t in trials), default=0)
@@ -189,6 +291,7 @@ def comparison(results, root: str, seconds: float, resumed: bool) -> dict:
         t["rank"], t["stopped_early"] = rank, t["epochs"] < longest
     out = open_storage(root)
     report = {"trials": trials, "seconds": round(seconds, 1), "resumed": resumed, "score": SCORE,
+              "scheduler": scheduler,
               "best": trials[0] if trials else None}
     if trials and trials[0]["checkpoint"]:
         best_dir = open_storage(trials[0]["checkpoint"])
@@ -208,15 +311,20 @@ def _uri(path: str, root: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Search report ({len(report['trials'])} trials, {report['seconds']:.0f} s)", "",
+    pbt = report.get("scheduler") == "pbt"  # PBT stops no trial; its trials continue others' weights instead
+    column = "continued from" if pbt else "stopped early"
+    settings_note = " (the last settings PBT gave it)" if pbt else ""
+    lines = [f"# Search report ({len(report['trials'])} trials, {report.get('scheduler', 'asha')}, "
+             f"{report['seconds']:.0f} s)", "",
              f"Ranked by the best {SCORE} measured during training (lower is better).", "",
-             f"| rank | trial | {SCORE} | FID | best epoch | epochs run | stopped early | train s | images/s | settings |",
+             f"| rank | trial | {SCORE} | FID | best epoch | epochs run | {column} | train s | images/s | "
+             f"settings{settings_note} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in report["trials"]:
         settings = ", ".join(f"{k}={v}" for k, v in sorted(t["settings"].items()))
+        how = ", ".join(t.get("continued_from") or []) or "-" if pbt else ("yes" if t["stopped_early"] else "no")
         lines.append(f"| {t['rank']} | {t['trial']} | {t[SCORE]:.2f} | {t['fid']:.2f} | {t['best_epoch']} | "
-                     f"{t['epochs']} | {'yes' if t['stopped_early'] else 'no'} | {t['train_seconds']} | "
-                     f"{t['images_per_s']} | {settings} |")
+                     f"{t['epochs']} | {how} | {t['train_seconds']} | {t['images_per_s']} | {settings} |")
     if report.get("best_generator"):
         lines += ["", f"Best generator: `{report['best_generator']}` (loads in jobs.stylize and Serve)."]
     return "\n".join(lines) + "\n"
