@@ -114,21 +114,39 @@ class Progress:
                   end="\n" if self.done >= self.total else "", file=sys.stderr, flush=True)
 
 
+class DecodeThenModel:
+    """One actor that decodes its batch, then runs the model on it: for CPU actors whose model already takes
+    every core, where separate decode tasks would only preempt its threads (see `run_pipeline`)."""
+
+    def __init__(self, model: type, model_kwargs: dict, decode: DecodeStage):
+        self.model, self.decode = model(**model_kwargs), decode
+
+    def __call__(self, batch: dict) -> dict:
+        return self.model(self.decode(batch))
+
+
 def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPlan, batch_size: int,
                  decode: DecodeStage | None = None, write: WriteStage | None = None, label: str = "",
-                 progress: bool = True) -> Iterator[dict]:
+                 progress: bool = True, decode_in_actor: bool = False) -> Iterator[dict]:
     """Stream `rows` through [decode ->] actor(**actor_kwargs, threads=...) [-> write]; yield result batches
-    (numpy columns `row`, `error`, and whatever the actor or the last stage returns)."""
+    (numpy columns `row`, `error`, and whatever the actor or the last stage returns).
+
+    `decode_in_actor`: decode inside the model actor instead of in tasks beside it. Measured on 2 CPU cores
+    (bench/evaluate_throughput.py): decode tasks running beside a CPU model that uses every core preempt its
+    threads, which then wait for each other; decoding in the actor, then computing, is the plain loop's order."""
     import ray
     ensure_ray()
     records = [{"row": r, "error": ""} for r in rows]
     ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(rows) // batch_size, MAX_BLOCKS)))
-    if decode is not None:
+    model_kwargs = {**actor_kwargs, "threads": plan.threads}
+    if decode is not None and decode_in_actor:
+        actor, model_kwargs = DecodeThenModel, {"model": actor, "model_kwargs": model_kwargs, "decode": decode}
+    elif decode is not None:
         ds = ds.map_batches(decode, batch_size=batch_size, num_cpus=0.5)
     ds = ds.map_batches(actor, batch_size=batch_size, num_cpus=plan.cpus, num_gpus=plan.gpus,
                         **({"resources": plan.resources} if plan.resources else {}),
                         compute=ray.data.ActorPoolStrategy(size=plan.actors),
-                        fn_constructor_kwargs={**actor_kwargs, "threads": plan.threads})
+                        fn_constructor_kwargs=model_kwargs)
     if write is not None:
         ds = ds.map_batches(write, batch_size=batch_size, num_cpus=0.5)
     bar = Progress(len(rows), label, progress)

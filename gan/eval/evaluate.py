@@ -33,20 +33,22 @@ class EvalOptions:
     progress: bool = True
     min_images: int = 1
     max_images: int = 10**9
+    use_gpu: bool | None = None  # None: one feature actor per GPU when the cluster has GPUs, else a CPU actor
 
 
 class FeatureActor:
-    """Loads the extractor once per actor; `pixels` in, `features` out."""
+    """Loads the extractor once per actor, on the actor's GPU when it has one; `pixels` in, `features` out."""
 
     def __init__(self, kind: str, weights: str | None, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
-        self.extractor = make_extractor(kind, weights)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.extractor = make_extractor(kind, weights).to(self.device)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], bool)
         if ok.any():
-            f = extract(self.extractor, batch["pixels"][ok])
+            f = extract(self.extractor, batch["pixels"][ok], self.device)
             feats = np.zeros((len(ok), f.shape[1]), np.float32)
             feats[ok] = f
         else:
@@ -61,11 +63,11 @@ def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
     `strict`: `uri` is a submission zip, so every member must be a 256x256 RGB JPEG and the count in range."""
     items, rejected, storage = scan_uri(uri)
     rows = [Row(i.name, n, item=i) for n, i in enumerate(items)]
+    plan = actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu)
     results = run_pipeline(
-        rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights},
-        actor_plan(opts.actors, opts.cpus_per_actor, use_gpu=False), opts.batch_size,
+        rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights}, plan, opts.batch_size,
         decode=DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None),
-        label=f"features[{label}]", progress=opts.progress)
+        label=f"features[{label}]", progress=opts.progress, decode_in_actor=plan.gpus == 0)
     names, feats = [], []
     for batch in results:
         for row, f, err in zip(batch["row"], batch["features"], batch["error"]):

@@ -74,6 +74,7 @@ def trial_settings(base: TrainSettings, config: dict) -> TrainSettings:
     return replace(base, **run, model_config=model)
 
 
+EPOCHS_DONE = "epochs_done"  # the schedulers' clock: 1 after the first epoch ("epoch" counts from 0)
 POINTER_FILE = "train_checkpoint.json"  # a Tune checkpoint: where the trial's Train checkpoint of that epoch is
 # what a population-based search may change while a trial trains (its sizes cannot: the weights carry on)
 PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
@@ -137,7 +138,7 @@ def run_trial(config: dict) -> None:
             except Empty:
                 continue
             path = m.pop("checkpoint")
-            metrics = {**m, "run": name, **({"continued_from": donor} if donor else {})}
+            metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": name, **({"continued_from": donor} if donor else {})}
             if not path:
                 ray.tune.report(metrics)
                 continue
@@ -162,13 +163,12 @@ def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
     weights with their settings perturbed (x0.8 / x1.2, or a neighbouring choice; a quarter of the time resampled).
     Synchronous, because a GAN's score moves with its epoch: trials ahead would otherwise look better."""
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-    max_t = max(1, epochs - 1)  # "epoch" counts from 0
     if opts.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(max(1, opts.grace_epochs), max_t),
+        return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=epochs, grace_period=min(max(1, opts.grace_epochs), epochs),
                              reduction_factor=2)
     if opts.scheduler == "pbt":
         mutations = {k: v for k, v in domains.items() if hasattr(v, "sample")}
-        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=max(1, opts.perturbation_epochs),
+        return PopulationBasedTraining(time_attr=EPOCHS_DONE, perturbation_interval=max(1, opts.perturbation_epochs),
                                        hyperparam_mutations=mutations, quantile_fraction=0.25,
                                        resample_probability=0.25, log_config=False,
                                        synch=True)  # trials compared at the same epoch, as the paper's A.1
