@@ -49,6 +49,22 @@ def test_the_space_file_and_the_trial_settings():
     assert tune_job.duration("30m") == 1800 and tune_job.duration("90") == 90 and tune_job.duration("1.5h") == 5400
 
 
+def test_gpu_shares_decide_what_each_trial_asks_for_and_how_many_run(monkeypatch):
+    """--gpus-per-trial 0.25: each trial's workers ask for a quarter GPU, so four single-worker trials (or two
+    two-worker trials) run on one GPU at once. (No GPU here: Ray's view of the cluster is given.)"""
+    import ray
+    from dataclasses import replace
+    from gan.train.loop import per_worker_resources
+    from gan.train.search import SearchOptions, concurrency
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    base, opts = TrainSettings(cpus_per_worker=2.0), SearchOptions(gpus_per_trial=0.25)
+    assert concurrency(base, opts) == 4 and concurrency(replace(base, num_workers=2), opts) == 2
+    assert concurrency(base, SearchOptions()) == 8  # CPU trials: 16 CPUs / 2 per worker
+    shared = replace(base, use_gpu=True, gpus_per_worker=opts.gpus_per_trial)
+    assert per_worker_resources(shared) == {"CPU": 2.0, "GPU": 0.25}
+    assert per_worker_resources(base) == {"CPU": 2.0}
+
+
 def test_a_bad_space_fails_before_any_trial(ray_cluster, demo_data, tmp_path, capsys):
     from jobs.cli import run_main
     path = _space_file(tmp_path, space={"ngf": {"choice": [8]}, "upsample": {"choice": ["sideways"]}})

@@ -163,6 +163,15 @@ def worker_count(settings: TrainSettings) -> int | tuple[int, int]:
     return (max(1, lo), hi)
 
 
+def per_worker_resources(settings: TrainSettings) -> dict:
+    """What each training worker asks Ray for: its CPUs, its GPU share (a fraction lets several search trials
+    share one GPU), and any custom resources that place it."""
+    res = {"CPU": settings.cpus_per_worker, **settings.worker_resources}
+    if settings.use_gpu:
+        res["GPU"] = settings.gpus_per_worker
+    return res
+
+
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
                  callbacks: list | None = None, start_from: str | None = None):
     """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume.
@@ -172,14 +181,11 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     """
     import ray.train
     from ray.train.torch import TorchTrainer
-    res = {"CPU": settings.cpus_per_worker, **settings.worker_resources}
-    if settings.use_gpu:
-        res["GPU"] = settings.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from},
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(settings), use_gpu=settings.use_gpu,
-                                               resources_per_worker=res),
+                                               resources_per_worker=per_worker_resources(settings)),
         run_config=ray.train.RunConfig(
             name=name, **storage_args(storage), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
