@@ -1,18 +1,21 @@
 """The whole flow on one machine or a cluster: data -> train CycleGAN -> stylize every photo -> images.zip -> MiFID.
 
 python -m jobs.pipeline --workdir demo                      # synthetic data, small model, a few minutes on a laptop
-python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started --epochs 30 --ngf 64 --n-blocks 9
+python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started   # real data: --recipe kaggle-cpu
+python -m jobs.pipeline --workdir run --data ... --recipe none --epochs 30 --ngf 64 --n-blocks 9 --use-gpu
 Relative paths are relative to the current directory. Rerunning continues: training resumes from its last
 checkpoint, finished stylization and zip are not redone.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
 from gan.batch.engine import BatchOptions, summary_line
 from jobs.cli import location, parser, run_main
+from jobs.train import MODEL_FLAGS, RECIPES, RUN_FLAGS
 from gan.train.demo_data import write_demo_data
 from gan.eval.evaluate import EvalOptions, evaluate
 from gan.eval.evaluate import summary_line as eval_line
@@ -23,6 +26,21 @@ from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
 from gan.train.loop import BEST_FILE, GENERATOR_FILE, TrainSettings, run_training
 
 STAGES = 5
+# Synthetic demo data: a model that trains in a minute or two. Real data (--data) starts from a measured recipe.
+DEMO = {"epochs": 3, "image_size": 64, "ngf": 16, "n_blocks": 2, "batch_size": 4}
+OVERRIDES = ("epochs", "image_size", "ngf", "n_blocks", "batch_size", "eval_photos")
+
+
+def train_settings(args: argparse.Namespace, photos: str, paintings: str) -> TrainSettings:
+    """The training settings: the recipe (default kaggle-cpu with --data) or the demo sizes, then the flags given."""
+    recipe = args.recipe if args.recipe is not None else ("kaggle-cpu" if args.data else "none")
+    chosen = dict(RECIPES[recipe]) if recipe != "none" else {**DEMO, "eval_photos": 1000 if args.data else 0}
+    chosen.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
+    chosen.setdefault("ndf", max(8, chosen["ngf"]))
+    return TrainSettings(model="cyclegan", photos=photos, paintings=paintings, num_workers=args.num_workers,
+                         use_gpu=args.use_gpu, eval_features=args.features or "auto",
+                         **{k: v for k, v in chosen.items() if k in RUN_FLAGS},
+                         model_config={k: v for k, v in chosen.items() if k in MODEL_FLAGS})
 
 
 class Stage:
@@ -41,25 +59,32 @@ class Stage:
             print(f"pipeline: [{self.index}/{STAGES}] done in {time.monotonic() - self.start:.1f} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = parser(__doc__)
     p.add_argument("--workdir", default="demo", type=location,
                    help="local folder or s3://bucket/prefix for everything written")
     p.add_argument("--data", type=location, help="Kaggle-layout root (photo_jpg/, monet_jpg/); default: make demo data")
     p.add_argument("--photos", type=int, default=300, help="demo data: number of photos")
     p.add_argument("--paintings", type=int, default=60, help="demo data: number of paintings")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=64, help="training crop size (the generator is convolutional)")
-    p.add_argument("--ngf", type=int, default=16)
-    p.add_argument("--n-blocks", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--recipe", choices=[*sorted(RECIPES), "none"], default=None,
+                   help="training settings to start from (default: kaggle-cpu with --data, the demo sizes without)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None, help="training crop size (the generator is convolutional)")
+    p.add_argument("--ngf", type=int, default=None)
+    p.add_argument("--n-blocks", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--eval-photos", type=int, default=None,
-                   help="score the generator during training on this many photos (default: 1000 with --data, else off)")
+                   help="score the generator during training on this many photos (default: the recipe's; "
+                        "1000 with --data and no recipe; off for demo data)")
     p.add_argument("--features", choices=["inception", "pixels"], default=None,
                    help="MiFID features (default: Inception when installed, else the labelled pixel stand-in)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     work = args.workdir.rstrip("/")
     started = time.monotonic()
 
@@ -74,14 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pipeline: {counts['photo_jpg']} synthetic photos, {counts['monet_jpg']} synthetic paintings")
     photos, paintings = f"{data}/photo_jpg", f"{data}/monet_jpg"
 
-    settings = TrainSettings(model="cyclegan", photos=photos, paintings=paintings, epochs=args.epochs,
-                             batch_size=args.batch_size, num_workers=args.num_workers, use_gpu=args.use_gpu,
-                             eval_photos=args.eval_photos if args.eval_photos is not None else (1000 if args.data else 0),
-                             eval_features=args.features or "auto",
-                             model_config={"image_size": args.image_size, "ngf": args.ngf, "n_blocks": args.n_blocks,
-                                           "ndf": max(8, args.ngf)})
+    settings = train_settings(args, photos, paintings)
     checkpoint = f"{work}/generator.pt"
-    with Stage(2, f"train CycleGAN, {args.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
+    with Stage(2, f"train CycleGAN, {settings.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
         result = run_training(settings, "pipeline", f"{work}/runs")
         with result.checkpoint.as_directory() as d:
             best = Path(d) / BEST_FILE  # the best-scoring epoch's generator when training scored itself

@@ -186,3 +186,22 @@ def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
     assert "train: epoch 1/1" in out
     noise = [line for line in out.splitlines() if any(c in line for c in RAY_CHATTER)]
     assert noise == [], noise
+
+
+def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
+    """`jobs.pipeline --data` starts from the measured recipe (flags given win); demo data keeps the small sizes."""
+    from jobs import pipeline
+    from jobs.train import RECIPES
+    settings = lambda argv: pipeline.train_settings(pipeline.parse(argv), "p", "q")  # noqa: E731
+    recipe, real = RECIPES["kaggle-cpu"], settings(["--data", "x"])
+    assert (real.epochs, real.steps_per_epoch, real.batch_size, real.eval_photos) == (
+        recipe["epochs"], recipe["steps_per_epoch"], recipe["batch_size"], recipe["eval_photos"])
+    assert {k: real.model_config[k] for k in ("image_size", "ngf", "n_blocks", "residual", "ema", "preprocess")} == {
+        k: recipe[k] for k in ("image_size", "ngf", "n_blocks", "residual", "ema", "preprocess")}
+    flags = settings(["--data", "x", "--epochs", "7", "--ngf", "32"])
+    assert flags.epochs == 7 and flags.model_config["ngf"] == 32 and flags.model_config["residual"] is True
+    demo = settings([])
+    assert demo.epochs == 3 and demo.eval_photos == 0 and demo.batch_size == 4
+    assert demo.model_config == {"image_size": 64, "ngf": 16, "n_blocks": 2, "ndf": 16}
+    plain = settings(["--data", "x", "--recipe", "none"])
+    assert plain.eval_photos == 1000 and "residual" not in plain.model_config
