@@ -94,7 +94,6 @@ def run_trial(config: dict) -> None:
     handed another trial's checkpoint (population-based training's exploit) starts a new Train run from it with
     its new settings.
     """
-    import tempfile
     import threading
 
     import ray
@@ -131,6 +130,7 @@ def run_trial(config: dict) -> None:
 
     runner = threading.Thread(target=fit, daemon=True)
     runner.start()
+    reported = None  # the Train checkpoint of this trial's last report
     try:
         while runner.is_alive() or not queue.empty():
             try:
@@ -138,23 +138,34 @@ def run_trial(config: dict) -> None:
             except Empty:
                 continue
             path = m.pop("checkpoint")
-            metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": name, **({"continued_from": donor} if donor else {})}
-            if not path:
-                ray.tune.report(metrics)
-                continue
-            path = _uri(path, storage)
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / POINTER_FILE).write_text(json.dumps({"path": path, "trial": trial_id,
-                                                                  "epoch": m["epoch"]}))
-                ray.tune.report({**metrics, "checkpoint_path": path},
-                                checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+            reported = _report(m, path and _uri(path, storage), name, trial_id, donor) or reported
     finally:
         ray.kill(queue.actor)
     if "error" in outcome:
         raise outcome["error"]
-    value = outcome["result"].return_value
-    if isinstance(value, dict) and value.get("error"):
-        raise SearchError(value["error"])
+    result = outcome["result"]
+    if isinstance(result.return_value, dict) and result.return_value.get("error"):
+        raise SearchError(result.return_value["error"])
+    latest = result.checkpoint and _uri(result.checkpoint.path, storage)
+    if latest and latest != reported and result.metrics:
+        # the search was interrupted after Train's last checkpoint but before Tune recorded it: the rejoined run
+        # had nothing left to train, so its last epoch is reported now
+        _report(dict(result.metrics), latest, name, trial_id, donor)
+
+
+def _report(m: dict, path: str | None, run: str, trial_id: str, donor: str | None) -> str | None:
+    """One epoch to Tune; with a Train checkpoint, a Tune checkpoint naming it. Returns that path."""
+    import tempfile
+
+    import ray.tune
+    metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": run, **({"continued_from": donor} if donor else {})}
+    if not path:
+        ray.tune.report(metrics)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / POINTER_FILE).write_text(json.dumps({"path": path, "trial": trial_id, "epoch": m["epoch"]}))
+        ray.tune.report({**metrics, "checkpoint_path": path}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+    return path
 
 
 def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
