@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gan.batch.engine import BatchOptions, summary_line
 from jobs.cli import location, parser, run_main
-from jobs.train import MODEL_FLAGS, RECIPES, RUN_FLAGS
+from jobs.train import RECIPES, settings_from
 from gan.train.demo_data import write_demo_data
 from gan.eval.evaluate import EvalOptions, evaluate
 from gan.eval.evaluate import summary_line as eval_line
@@ -37,10 +37,8 @@ def train_settings(args: argparse.Namespace, photos: str, paintings: str) -> Tra
     chosen = dict(RECIPES[recipe]) if recipe != "none" else {**DEMO, "eval_photos": 1000 if args.data else 0}
     chosen.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     chosen.setdefault("ndf", max(8, chosen["ngf"]))
-    return TrainSettings(model="cyclegan", photos=photos, paintings=paintings, num_workers=args.num_workers,
-                         use_gpu=args.use_gpu, eval_features=args.features or "auto",
-                         **{k: v for k, v in chosen.items() if k in RUN_FLAGS},
-                         model_config={k: v for k, v in chosen.items() if k in MODEL_FLAGS})
+    return settings_from(chosen, model="cyclegan", photos=photos, paintings=paintings, num_workers=args.num_workers,
+                         use_gpu=args.use_gpu, eval_features=args.features or "auto")
 
 
 class Stage:

@@ -69,9 +69,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
         p.set_defaults(**{k: location(v) if k in ("data", "photos", "paintings", "storage", "export") else v
                           for k, v in loaded.items()})
         args = p.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if v is not None and (k in RUN_FLAGS or k in ("model", "use_gpu"))}
-    model_cfg = {k: v for k, v in vars(args).items() if v is not None and k in MODEL_FLAGS}
-    return args, TrainSettings(**values, **data_sources(args), model_config=model_cfg)
+    return args, settings_from(vars(args), **data_sources(args))
+
+
+def settings_from(values: dict, **given) -> TrainSettings:
+    """TrainSettings from flat settings (flags, a YAML file, a recipe; None = not set): run settings by name,
+    model settings into model_config; `given` are set as they are."""
+    run = {k: v for k, v in values.items() if v is not None and (k in RUN_FLAGS or k in ("model", "use_gpu"))}
+    model = {k: v for k, v in values.items() if v is not None and k in MODEL_FLAGS}
+    return TrainSettings(**run, **given, model_config=model)
 
 
 def data_sources(args: argparse.Namespace) -> dict:

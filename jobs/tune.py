@@ -15,10 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from gan.train.loop import TrainSettings
 from gan.train.search import REPORT_MD, SearchError, SearchOptions, export_best, run_search
 from jobs.cli import location, parser, run_main
-from jobs.train import MODEL_FLAGS, RUN_FLAGS, data_sources
+from jobs.train import MODEL_FLAGS, RUN_FLAGS, data_sources, settings_from
 
 
 def duration(value: str) -> float:
@@ -64,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=location, help="copy the best trial's generator here")
     args = p.parse_args(argv)
     base, space = load_space(args.space)
-    run = {k: v for k, v in base.items() if k in RUN_FLAGS or k == "model"}
-    model = {k: v for k, v in base.items() if k in MODEL_FLAGS}
-    settings = TrainSettings(**run, model_config=model, **data_sources(args))
+    settings = settings_from(base, **data_sources(args))
     opts = SearchOptions(trials=args.trials, time_budget_s=args.time_budget, scheduler=args.scheduler,
                          gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                          grace_epochs=args.grace_epochs, perturbation_epochs=args.perturbation_epochs)

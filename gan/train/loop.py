@@ -205,6 +205,41 @@ def epoch_line(m: dict, epochs: int) -> str:
             f"{m['seconds']:.1f} s{score}{saved}")
 
 
+def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: Callable[[dict], None],
+                    hook: LoopHook | None = None, start_from: str | None = None):
+    """`fit()` a trainer for these settings in a thread while each epoch's metrics reach `on_epoch` here, in this
+    thread and in order ("checkpoint": the epoch's Train checkpoint path, or None); the Result, or what fit() raised.
+
+    In the calling thread because a Tune trial must report from its own thread; the driver prints from it.
+    """
+    import ray
+    from ray.util.queue import Empty, Queue
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)], start_from=start_from)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - raised again in the calling thread
+            outcome["error"] = e
+
+    runner = threading.Thread(target=fit, daemon=True)
+    runner.start()
+    try:
+        while runner.is_alive() or not queue.empty():
+            try:
+                metrics = queue.get(timeout=0.2)
+            except Empty:
+                continue
+            on_epoch(metrics)
+    finally:
+        ray.kill(queue.actor)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
                  echo: Callable[[str], None] = print):
     """Check, start or join Ray, train (resuming a run of the same name), print a line per epoch; the Result.
@@ -212,33 +247,15 @@ def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     Raises TrainingError at once for what no retry can fix; only worker deaths spend --max-failures.
     """
     import ray.train
-    from ray.util.queue import Empty, Queue
 
     from gan.ray_runtime import ensure_ray
     settings = check_settings(settings)
     ensure_ray()
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)])
-    done = threading.Event()
-
-    def pump() -> None:
-        while not (done.is_set() and queue.empty()):
-            try:
-                echo(epoch_line(queue.get(timeout=0.2), settings.epochs))
-            except Empty:
-                continue
-
-    printer = threading.Thread(target=pump, daemon=True)
-    printer.start()
     try:
-        result = trainer.fit()
+        result = fit_with_epochs(settings, name, storage, lambda m: echo(epoch_line(m, settings.epochs)), hook)
     except ray.train.TrainingFailedError as e:
         raise RuntimeError(f"training failed after {settings.max_failures + 1} attempts: "
                            f"{_last_line(str(e))}") from e
-    finally:
-        done.set()
-        printer.join(timeout=5)
-        ray.kill(queue.actor)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
         raise TrainingError(result.return_value["error"])
     return result

@@ -21,8 +21,7 @@ from PIL import Image, ImageDraw
 from gan.io.storage import open_storage, read_uri, write_uri
 from gan.models.registry import get_model
 from gan.train.loop import (BEST_FILE, BEST_SAMPLES_FILE, GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE,
-                            TrainSettings, check_settings,
-                            make_trainer, storage_args, worker_count)
+                            TrainSettings, check_settings, fit_with_epochs, storage_args, worker_count)
 from gan.train.quality import SCORE, line_plot
 
 DOMAINS = ("choice", "uniform", "loguniform", "randint", "quniform")
@@ -94,13 +93,7 @@ def run_trial(config: dict) -> None:
     handed another trial's checkpoint (population-based training's exploit) starts a new Train run from it with
     its new settings.
     """
-    import threading
-
-    import ray
     import ray.tune
-    from ray.util.queue import Empty, Queue
-
-    from gan.train.loop import EpochLines
     trial_id = ray.tune.get_context().get_trial_id()
     base = TrainSettings(**config.pop("__base__"))
     storage = config.pop("__storage__")
@@ -118,32 +111,14 @@ def run_trial(config: dict) -> None:
         else:
             donor, start_from = pointer["trial"], pointer["path"]
             name = f"{trial_id}-from-{hashlib.sha1(start_from.encode()).hexdigest()[:8]}"
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer(settings, name, storage, callbacks=[EpochLines(queue)], start_from=start_from)
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # noqa: BLE001 - raised again in the trial's thread
-            outcome["error"] = e
-
-    runner = threading.Thread(target=fit, daemon=True)
-    runner.start()
     reported = None  # the Train checkpoint of this trial's last report
-    try:
-        while runner.is_alive() or not queue.empty():
-            try:
-                m = queue.get(timeout=0.2)
-            except Empty:
-                continue
-            path = m.pop("checkpoint")
-            reported = _report(m, path and _uri(path, storage), name, trial_id, donor) or reported
-    finally:
-        ray.kill(queue.actor)
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+
+    def forward(m: dict) -> None:
+        nonlocal reported
+        path = m.pop("checkpoint")
+        reported = _report(m, path and _uri(path, storage), name, trial_id, donor) or reported
+
+    result = fit_with_epochs(settings, name, storage, forward, start_from=start_from)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
         raise SearchError(result.return_value["error"])
     latest = result.checkpoint and _uri(result.checkpoint.path, storage)
