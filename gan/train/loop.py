@@ -214,7 +214,10 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
     """
     import ray
     from ray.util.queue import Empty, Queue
-    queue = Queue(actor_options={"num_cpus": 0})
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    # on this node, as Ray Train puts its controller: a queue on a worker node would die with that node
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)], start_from=start_from)
     outcome: dict = {}
 
