@@ -5,7 +5,8 @@ python bench/stylize_throughput.py [--photos DIR] [--count 400] [--ngf 32] [--bl
 - DataLoader script: read + decode in 1 loader worker, stylize, encode + write in the main process;
 - the job: jobs.stylize's engine (Ray Data: decode tasks -> actor pool -> encode/write tasks).
 --full also runs the whole 7,038-photo set with a small generator and prints seconds and the driver's peak RSS.
-On a CUDA machine, --gpu prints the full-size generator's images/s (bf16 + channels_last) per GPU.
+--gpu (on a CUDA machine): the full-size generator alone, eager and compiled, vs bench/plain_stylize.py vs
+`python -m jobs.stylize` [--compile] over 1,500 and 6,000 photos: images/s and wall clock, one table.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
 from gan.models.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
 from gan.io.images import decode_image, encode_jpeg, to_pixels, to_tensor  # noqa: E402
 
-KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gan-getting-started" / "photo_jpg"
+ROOT = Path(__file__).resolve().parents[1]
+KAGGLE = ROOT.parent / "shared" / "data" / "gan-getting-started" / "photo_jpg"
 
 
 def make_checkpoint(path: Path, ngf: int, blocks: int) -> str:
@@ -89,22 +91,72 @@ def ray_job(src: Path, ckpt: str, batch: int, out: Path) -> tuple[float, float]:
     return result.report["images_per_s"], wall
 
 
-def gpu_full_size(batch: int = 32, steps: int = 20) -> None:
-    if not torch.cuda.is_available():
-        print("gpu: no CUDA device here; full-size bf16/channels_last images/s is measured on a GPU machine")
-        return
+def bare_gpu(batch: int, steps: int = 20, compiled: bool = False) -> tuple[float, float]:
+    """The full-size generator alone on tensors already on the GPU (bf16, channels_last): (images/s, compile s)."""
     net = ResnetGenerator().cuda().eval().to(memory_format=torch.channels_last)
     x = (torch.rand(batch, 3, 256, 256, device="cuda") * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
-        for _ in range(3):
+        t0 = time.perf_counter()
+        if compiled:
+            net = torch.compile(net, dynamic=False)
+        net(x)
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        for _ in range(2):
             net(x)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
             net(x)
         torch.cuda.synchronize()
-    print(f"gpu: full-size generator, bf16 + channels_last, batch {batch}: "
-          f"{steps * batch / (time.perf_counter() - t0):.1f} images/s per GPU")
+    return steps * batch / (time.perf_counter() - t0), compile_s
+
+
+def linked_photos(photos: list[Path], count: int, into: Path) -> Path:
+    """`count` inputs made of the photos linked over and over (copy k of x.jpg is k-x.jpg)."""
+    into.mkdir(parents=True)
+    for i in range(count):
+        f = photos[i % len(photos)]
+        (into / f"{i // len(photos)}-{f.name}").symlink_to(f.resolve())
+    return into
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return time.perf_counter() - t0, done.stdout
+
+
+def gpu_table(photos: str, counts: list[int], batch: int, workers: int) -> None:
+    """Side by side on this GPU, full-size generator: the generator alone (eager, compiled), the plain script
+    (bench/plain_stylize.py) and `python -m jobs.stylize` (eager, --compile), each as a fresh process whose
+    wall clock includes its start (the job's includes Ray's); the job's own images/s is its pipeline's."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device here")
+    eager, _ = bare_gpu(batch)
+    compiled, compile_s = bare_gpu(128, compiled=True)
+    print(f"GPU: {torch.cuda.get_device_name()}; full-size generator (ngf 64, 9 blocks), bf16 + channels_last")
+    print(f"generator alone, batch {batch}, tensors on the GPU: {eager:.0f} images/s")
+    print(f"generator alone, torch.compile, batch 128         : {compiled:.0f} images/s ({compile_s:.0f} s compile)")
+    files = sorted(Path(photos).glob("*.jpg"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = make_checkpoint(tmp / "full.pt", 64, 9)
+        print("| photos | what | images/s in the work | wall s (process) | wall/peer wall |")
+        print("|---|---|---|---|---|")
+        for n in counts:
+            src = linked_photos(files, n, tmp / f"in{n}")
+            peer_wall, out = timed([sys.executable, "bench/plain_stylize.py", "--checkpoint", ckpt, "--input", str(src),
+                                    "--output", str(tmp / f"peer{n}"), "--batch", str(batch), "--workers", str(workers)])
+            print(f"| {n} | plain script ({workers} loader workers) | {n / peer_wall:.0f} | {peer_wall:.1f} | 1.00 |")
+            for label, extra in (("jobs.stylize", []), ("jobs.stylize --compile", ["--compile"])):
+                out_dir = tmp / f"job{n}{len(extra)}"
+                wall, _ = timed([sys.executable, "-m", "jobs.stylize", "--checkpoint", ckpt, "--input", str(src),
+                                 "--output", str(out_dir), "--batch-size", str(batch), "--no-progress", *extra])
+                report = json.loads((out_dir / "_report.json").read_text())
+                print(f"| {n} | {label} | {report['images_per_s']:.0f} | {wall:.1f} | {wall / peer_wall:.2f} |")
 
 
 def full_run(photos: str) -> None:
@@ -132,8 +184,13 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--full", action="store_true", help="also the whole photo set with a small generator")
-    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="the GPU table instead: full-size generator, job vs plain script")
+    p.add_argument("--gpu-counts", default="1500,6000", help="--gpu: photo counts (photos linked over and over)")
+    p.add_argument("--loader-workers", type=int, default=8, help="--gpu: the plain script's DataLoader workers")
     args = p.parse_args()
+    if args.gpu:
+        gpu_table(args.photos, [int(c) for c in args.gpu_counts.split(",")], max(args.batch, 32), args.loader_workers)
+        return
     import ray
     from gan.ray_runtime import ensure_ray
     cpus = os.cpu_count() or 2
@@ -161,8 +218,6 @@ def main() -> None:
         print(f"ratio job/DataLoader : {job / dl:.3f} (target >= 0.95)")
     if ray.is_initialized():
         ray.shutdown()
-    if args.gpu:
-        gpu_full_size()
 
 
 if __name__ == "__main__":

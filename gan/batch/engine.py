@@ -36,6 +36,7 @@ class BatchOptions:
     actor_resources: dict | None = None  # custom Ray resources per actor (pin actors to a node type)
     use_gpu: bool | None = None          # default: when the cluster has GPUs
     channels_last: bool = True
+    compile: bool = False                # stylize: torch.compile the generator (once per actor, at its start)
     progress: bool = True
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
     overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
@@ -48,10 +49,15 @@ class JobResult:
 
 
 class GeneratorActor:
-    """Loads the generator once; stylizes `pixels` (stylize) or draws images for each row's index (generate)."""
+    """Loads the generator once; stylizes `pixels` (stylize) or draws images for each row's index (generate).
+
+    Warmed up in the constructor (CUDA context, kernels, and with `compile` the compiled graph at the batch's
+    shape), so that cost is paid while Ray Data reads the first inputs, not on the first batch. A compiled
+    generator always sees `batch_size` images (a short batch is padded), so it compiles once.
+    """
 
     def __init__(self, checkpoint: str, job: str, threads: int | None = None, seed: int = 0,
-                 channels_last: bool = True):
+                 channels_last: bool = True, compile: bool = False, batch_size: int = 1):
         import torch
         if threads:
             torch.set_num_threads(threads)
@@ -64,16 +70,25 @@ class GeneratorActor:
         self.channels_last = channels_last and job == "stylize"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.pad_to = 0
+        if compile and job == "stylize":
+            self.net, self.pad_to = torch.compile(self.net, dynamic=False), batch_size
+        if self.pad_to or self.device.type == "cuda":
+            self._stylize_or_sample(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [0])
+
+    def _stylize_or_sample(self, pixels: np.ndarray, indices: list[int]) -> np.ndarray:
+        if self.job == "stylize":
+            return stylize_pixels(self.net, pixels, self.device, self.channels_last, self.pad_to)
+        return sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
 
     def __call__(self, batch: dict) -> dict:
         if self.job == "stylize":
             ok = np.array([not e for e in batch["error"]], bool)
             out = batch["pixels"].copy()
             if ok.any():
-                out[ok] = stylize_pixels(self.net, batch["pixels"][ok], self.device, self.channels_last)
+                out[ok] = self._stylize_or_sample(batch["pixels"][ok], [])
         else:
-            indices = [row.index for row in batch["row"]]
-            out = sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
+            out = self._stylize_or_sample(np.empty(0), [row.index for row in batch["row"]])
         return {"row": batch["row"], "pixels": out, "error": batch["error"],
                 "node": np.full(len(out), self.node, dtype=object)}
 
@@ -133,7 +148,8 @@ def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: Ba
     if todo:
         results = run_pipeline(
             todo, opts.actor_cls or GeneratorActor,
-            {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last},
+            {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last,
+             "compile": opts.compile, "batch_size": opts.batch_size},
             actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
             decode=DecodeStage(input_storage, IMAGE_SIZE) if job == "stylize" else None,
             write=WriteStage(out), label=job, progress=opts.progress)
