@@ -3,7 +3,9 @@
 python bench/train_throughput.py [--threads 2] [--steps 30] [--size 128] [--ngf 16] [--blocks 3]
 Both run the same CycleGANTrainer steps over the same DataLoader; the Ray figure is the worker's steady-state
 epoch (the second one), so Ray's start-up is reported separately, not mixed into the ratio.
-On a CUDA machine it also prints the full-size generator's training images/s with bf16 + channels_last vs fp32.
+--gpu [--photos DIR] (CUDA): full-size CycleGAN steps at batch 1 and 4, one lever per row (bf16, channels_last, fused
+Adam, torch.compile), images/s, TFLOP/s (PyTorch's own FLOP count of the step) and peak memory; with --photos also
+the step fed by real data, and the plain loop vs the Ray Train job on the GPU.
 """
 from __future__ import annotations
 
@@ -60,24 +62,105 @@ def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: i
     return result.metrics["images_per_s"], total
 
 
-def gpu_precision(steps: int = 20) -> None:
-    if not torch.cuda.is_available():
-        print("gpu: no CUDA device here; the bf16/channels_last comparison runs on a GPU machine")
-        return
-    x = torch.rand(4, 3, 256, 256, device="cuda") * 2 - 1
-    for label, precision, cl in (("fp32", "fp32", False), ("bf16+channels_last", "bf16", True)):
-        trainer = CycleGANTrainer(CycleGANConfig(), "cuda", precision=precision)
-        if cl:
-            for m in (trainer.g_ab, trainer.g_ba, trainer.d_a, trainer.d_b):
-                m.to(memory_format=torch.channels_last)
-        for _ in range(3):
-            trainer.step(x, x)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.step(x, x)
-        torch.cuda.synchronize()
-        print(f"gpu {label}: {steps * 4 / (time.perf_counter() - t0):.1f} images/s (full-size CycleGAN step, batch 4)")
+def flops_per_image(trainer: CycleGANTrainer, x: torch.Tensor) -> float:
+    """FLOPs of one training step per image, counted by PyTorch on the real step (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        trainer.step(x, x)
+    return counter.get_total_flops() / len(x)
+
+
+LEVERS = (  # label, precision, channels_last, fused Adam, torch.compile of the four networks
+    ("fp32", "fp32", False, False, False),
+    ("bf16", "bf16", False, False, False),
+    ("bf16 + channels_last", "bf16", True, False, False),
+    ("bf16 + channels_last + fused Adam", "bf16", True, True, False),
+    ("bf16 + channels_last + fused Adam + compile", "bf16", True, True, True),
+)
+
+
+def gpu_levers(batches: list[int], steps: int, photos: str | None) -> None:
+    """Full-size CycleGAN (256 px, ngf 64, 9 blocks) steps on the GPU, one lever added per row; then the last
+    row's step fed by the DataLoader over real photos (with data vs without)."""
+    cfg = CycleGANConfig()
+    print(f"GPU: {torch.cuda.get_device_name()}; full-size CycleGAN step, synthetic batches unless said")
+    print("| batch | levers | images/s | TFLOP/s | peak GiB | compile s |")
+    print("|---|---|---|---|---|---|")
+    for batch in batches:
+        x = torch.rand(batch, 3, 256, 256, device="cuda") * 2 - 1
+        for label, precision, cl, fused, compiled in LEVERS:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            trainer = CycleGANTrainer(cfg, "cuda", precision=precision, fused=fused, channels_last=cl)
+            flops = flops_per_image(trainer, x)
+            t0 = time.perf_counter()
+            if compiled:
+                for k in ("g_ab", "g_ba", "d_a", "d_b"):
+                    setattr(trainer, k, torch.compile(getattr(trainer, k)))
+            for _ in range(3):
+                trainer.step(x, x)
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0 if compiled else 0.0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.step(x, x)
+            torch.cuda.synchronize()
+            ips = steps * batch / (time.perf_counter() - t0)
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"| {batch} | {label} | {ips:.1f} | {ips * flops / 1e12:.0f} | {peak:.1f} | {compile_s:.0f} |")
+        if photos:
+            paintings = str(Path(photos).parent / "monet_jpg")
+            loader = _loader(photos, paintings, cfg.image_size, batch)
+            it, n = iter(loader), 0
+            for _ in range(3):
+                trainer.step(*next(it))
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for a, b in it:
+                trainer.step(a, b)
+                n += 1
+                if n == steps:
+                    break
+            torch.cuda.synchronize()
+            print(f"| {batch} | last row, real photos through the DataLoader | {n * batch / (time.perf_counter() - t0):.1f}"
+                  " | | | |")
+
+
+def _loader(photos: str, paintings: str, size: int, batch: int) -> torch.utils.data.DataLoader:
+    a, _ = load_encoded_images(photos)
+    b, _ = load_encoded_images(paintings)
+    ds = UnpairedDataset(ImageDataset(a, size, True), ImageDataset(b, size, True))
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=6,
+                                       pin_memory=True, persistent_workers=True)
+
+
+def gpu_job(photos: str, batch: int, steps: int, storage: str) -> None:
+    """The plain loop and one Ray Train worker on the GPU, same full-size model, data, batch and trainer defaults."""
+    import ray
+    from gan.train.loop import TrainSettings, check_settings, make_trainer
+    paintings = str(Path(photos).parent / "monet_jpg")
+    trainer = CycleGANTrainer(CycleGANConfig(), "cuda")  # the job's defaults on CUDA
+    it, n = iter(_loader(photos, paintings, 256, batch)), 0
+    for _ in range(3):
+        trainer.step(*next(it))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while n < steps:
+        trainer.step(*next(it))
+        n += 1
+    torch.cuda.synchronize()
+    plain = steps * batch / (time.perf_counter() - t0)
+    del trainer
+    torch.cuda.empty_cache()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    settings = TrainSettings(model="cyclegan", photos=photos, paintings=paintings, epochs=2, batch_size=batch,
+                             num_workers=1, use_gpu=True, loader_workers=6, steps_per_epoch=steps,
+                             checkpoint_every=2, eval_photos=0)
+    result = make_trainer(check_settings(settings), "bench-gpu", storage).fit()
+    ray.shutdown()
+    job = result.metrics["images_per_s"]
+    print(f"plain loop (real photos, batch {batch}): {plain:.1f} images/s; Ray Train job, 1 GPU worker: {job:.1f} "
+          f"images/s (steady epoch); ratio {job / plain:.3f} (target >= 0.95)")
 
 
 def main() -> None:
@@ -88,7 +171,19 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--gpu", action="store_true", help="the GPU table instead: full-size CycleGAN, each lever, the job")
+    p.add_argument("--gpu-batches", default="1,4", help="--gpu: batch sizes (the original recipe's 1, the job's)")
+    p.add_argument("--photos", default=None, help="--gpu: photo folder (paintings in ../monet_jpg) for the runs with data")
     args = p.parse_args()
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device here")
+        batches = [int(b) for b in args.gpu_batches.split(",")]
+        gpu_levers(batches, args.steps, args.photos)
+        if args.photos:
+            with tempfile.TemporaryDirectory() as tmp:
+                gpu_job(args.photos, batches[-1], args.steps, tmp)
+        return
     cfg = CycleGANConfig(image_size=args.size, ngf=args.ngf, ndf=args.ngf, n_blocks=args.blocks)
     with tempfile.TemporaryDirectory() as tmp:
         write_demo_data(tmp, photos=64, paintings=32)
@@ -99,7 +194,6 @@ def main() -> None:
     print(f"plain PyTorch loop : {plain:.2f} images/s")
     print(f"Ray Train, 1 worker: {ray_ips:.2f} images/s (steady-state epoch; whole fit() incl. start-up {total:.1f} s)")
     print(f"ratio Ray/plain    : {ray_ips / plain:.3f} (target >= 0.95)")
-    gpu_precision()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer, PatchDiscriminator, ResnetGenerator
+from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer, PatchDiscriminator, ResnetGenerator, build_generator
 from gan.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator, DCGANTrainer
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
@@ -103,6 +103,52 @@ def test_bf16_autocast_steps_match_fp32_and_checkpoints_load_in_either():
         assert all(torch.isfinite(torch.tensor(v)) for v in other.step(a, b).values())
     with pytest.raises(ValueError, match="precision must be one of"):
         CycleGANTrainer(cfg, precision="fp8").step(a, b)
+
+
+def test_fused_adam_updates_as_the_plain_one_and_their_states_load_in_each_other():
+    """Fused Adam (the CUDA default; also runs on CPU) is the same update: both trainers' weights agree after
+    steps, and the state of either loads in the other, which keeps its own kernel and trains on."""
+    from gan.models.dcgan import DCGANConfig, DCGANTrainer
+    cfg = CycleGANConfig(image_size=32, ngf=8, ndf=8, n_blocks=1, pool_size=0)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
+    plain, fused = CycleGANTrainer(cfg, seed=3, fused=False), CycleGANTrainer(cfg, seed=3, fused=True)
+    assert not plain.opt_g.param_groups[0]["fused"] and fused.opt_g.param_groups[0]["fused"]
+    plain.step(a, b), fused.step(a, b)  # one step: same gradients, so the updates (lr 2e-4) agree to rounding
+    for k in ("g_ab", "d_b"):           # (after more, the noise-sized gradients of biases before a norm differ)
+        for p, q in zip(getattr(plain, k).parameters(), getattr(fused, k).parameters()):
+            assert (p - q).abs().max() < 1e-6, k
+    plain.step(a, b), fused.step(a, b)
+    for source, kernel in ((plain, True), (fused, False)):
+        other = CycleGANTrainer(cfg, seed=9, fused=kernel)
+        other.load_state_dict(source.state_dict())
+        assert all(g["fused"] == kernel for g in other.opt_g.param_groups + other.opt_d.param_groups)
+        assert other.opt_g.state_dict()["state"][0]["exp_avg"].equal(source.opt_g.state_dict()["state"][0]["exp_avg"])
+        assert all(torch.isfinite(torch.tensor(v)) for v in other.step(a, b).values())
+    dc = DCGANTrainer(DCGANConfig(ngf=8, ndf=8), fused=True)
+    dc.step(torch.rand(2, 3, 64, 64) * 2 - 1)
+    back = DCGANTrainer(DCGANConfig(ngf=8, ndf=8), fused=False)
+    back.load_state_dict(dc.state_dict())
+    assert not back.opt_g.param_groups[0]["fused"] and all(torch.isfinite(torch.tensor(v))
+                                                          for v in back.step(torch.rand(2, 3, 64, 64)).values())
+
+
+def test_channels_last_training_is_the_same_maths_and_saves_plain_weights():
+    """channels_last (the CUDA default) only changes the memory layout: same losses as NCHW, and its state loads
+    into an NCHW trainer (and the exported generator into a fresh one) with equal values."""
+    cfg = CycleGANConfig(image_size=32, ngf=8, ndf=8, n_blocks=1, pool_size=0)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    nhwc, nchw = CycleGANTrainer(cfg, seed=1, channels_last=True), CycleGANTrainer(cfg, seed=1, channels_last=False)
+    assert next(nhwc.d_a.parameters()).is_contiguous(memory_format=torch.channels_last)
+    l1, l2 = nhwc.step(a, b), nchw.step(a, b)
+    assert all(l1[k] == pytest.approx(l2[k], rel=1e-4) for k in l1)
+    other = CycleGANTrainer(cfg, seed=5, channels_last=False)
+    other.load_state_dict(nhwc.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(nhwc.g_ab.parameters(), other.g_ab.parameters()))
+    fresh = build_generator(cfg)
+    fresh.load_state_dict(nhwc.generator.state_dict())
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.allclose(fresh(x), nhwc.generator(x.contiguous(memory_format=torch.channels_last)), atol=1e-5)
 
 
 def test_linear_decay_schedule():

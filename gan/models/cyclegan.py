@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
-from gan.models.schedule import apply_lr, linear_decay
+from gan.models.schedule import adam, apply_lr, linear_decay, load_optimizer
 from gan.models.spec import EncodedImages, ModelSpec
 from gan.batch.inference import stylize_pixels
 from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
@@ -158,16 +158,21 @@ class CycleGANTrainer:
     """
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device | str = "cpu",
-                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto"):
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto",
+                 fused: bool | None = None, channels_last: bool | None = None):
         torch.manual_seed(seed)
         self.cfg, self.device, self.precision = cfg, torch.device(device), precision
-        make_g = lambda: build_generator(cfg).to(self.device)  # noqa: E731
-        make_d = lambda: PatchDiscriminator(cfg.ndf, cfg.n_layers_d).to(self.device)  # noqa: E731
+        # NHWC feeds the tensor cores' convolutions without transposes; on CUDA unless told (CPU: NCHW)
+        self.memory_format = (torch.channels_last if (self.device.type == "cuda" if channels_last is None
+                                                      else channels_last) else torch.contiguous_format)
+        make_g = lambda: build_generator(cfg).to(self.device, memory_format=self.memory_format)  # noqa: E731
+        make_d = lambda: PatchDiscriminator(cfg.ndf, cfg.n_layers_d).to(self.device,  # noqa: E731
+                                                                        memory_format=self.memory_format)
         self.g_ab, self.g_ba = wrap(make_g()), wrap(make_g())  # photo -> Monet, Monet -> photo
         self.d_a, self.d_b = wrap(make_d()), wrap(make_d())    # judges photos, judges Monets
         betas = (cfg.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas=betas)
+        self.opt_g = adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas, self.device, fused)
+        self.opt_d = adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas, self.device, fused)
         rule = linear_decay(cfg.epochs, cfg.decay_epochs)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, rule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, rule)
@@ -186,7 +191,8 @@ class CycleGANTrainer:
     def step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch of photos (A) and paintings (B), each (B, 3, H, W) in [-1, 1]."""
         cfg = self.cfg
-        real_a, real_b = real_a.to(self.device, non_blocking=True), real_b.to(self.device, non_blocking=True)
+        real_a, real_b = (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                          for x in (real_a, real_b))  # (B, 3, H, W) each
         lam_idt = cfg.lambda_cycle * cfg.lambda_identity
 
         # Generators: fool both (frozen, unwrapped) discriminators, reconstruct both ways, keep colours.
@@ -239,8 +245,10 @@ class CycleGANTrainer:
     def load_state_dict(self, state: dict) -> None:
         for k in ("g_ab", "g_ba", "d_a", "d_b"):
             unwrap(getattr(self, k)).load_state_dict(state[k])
-        for k in ("opt_g", "opt_d", "sched_g", "sched_d"):
-            getattr(self, k).load_state_dict(state[k])
+        load_optimizer(self.opt_g, state["opt_g"])
+        load_optimizer(self.opt_d, state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
         apply_lr(self.opt_g, self.cfg.lr, self.sched_g)
         apply_lr(self.opt_d, self.cfg.lr, self.sched_d)
         if "pool_a" in state:

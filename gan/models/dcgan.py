@@ -18,7 +18,7 @@ from gan.models.diffaugment import diff_augment
 from gan.batch.inference import sample_pixels
 from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
 from gan.models.spec import EncodedImages, ModelSpec
-from gan.models.schedule import apply_lr
+from gan.models.schedule import adam, apply_lr, load_optimizer
 from gan.train.data import ImageDataset
 from gan.train.samples import noise_grid
 
@@ -92,14 +92,15 @@ class DCGANTrainer:
     """Generator, discriminator, optimizers and the step of the PyTorch example (non-saturating G loss)."""
 
     def __init__(self, cfg: DCGANConfig, device: torch.device | str = "cpu",
-                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto"):
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto",
+                 fused: bool | None = None):
         torch.manual_seed(seed)
         self.cfg, self.device, self.precision = cfg, torch.device(device), precision
         self.g = wrap(DCGANGenerator(cfg).to(self.device))
         self.d = wrap(DCGANDiscriminator(cfg).to(self.device))
         betas = (cfg.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), cfg.lr, betas=betas)
+        self.opt_g = adam(self.g.parameters(), cfg.lr, betas, self.device, fused)
+        self.opt_d = adam(self.d.parameters(), cfg.lr, betas, self.device, fused)
         self.noise_rng = torch.Generator().manual_seed(seed)
 
     @property
@@ -147,8 +148,8 @@ class DCGANTrainer:
     def load_state_dict(self, state: dict) -> None:
         unwrap(self.g).load_state_dict(state["g"])
         unwrap(self.d).load_state_dict(state["d"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        load_optimizer(self.opt_g, state["opt_g"])
+        load_optimizer(self.opt_d, state["opt_d"])
         apply_lr(self.opt_g, self.cfg.lr)
         apply_lr(self.opt_d, self.cfg.lr)
         self.noise_rng.set_state(state["noise_rng"])

@@ -34,3 +34,22 @@ def apply_lr(optimizer: torch.optim.Optimizer, lr: float, scheduler: LambdaLR | 
         factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
         group["initial_lr"], group["lr"] = lr, lr * factor
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device,
+         fused: bool | None = None) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all parameters, the same update) on CUDA unless `fused` says otherwise."""
+    return torch.optim.Adam(params, lr, betas=betas, fused=device.type == "cuda" if fused is None else fused)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's kernel: a checkpoint saved by a fused (GPU) Adam
+    loads into a CPU one and back. Fused Adam keeps each `step` count beside its parameter, the other on the CPU."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, fused):
+        group["fused"] = own
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" in st:
+                st["step"] = st["step"].to(p.device if own else "cpu", torch.float32)
