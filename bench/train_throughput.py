@@ -10,11 +10,13 @@ the step fed by real data, and the plain loop vs the Ray Train job on the GPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,24 +27,38 @@ from gan.train.data import ImageDataset, UnpairedDataset, load_encoded_images  #
 from gan.train.demo_data import write_demo_data  # noqa: E402
 
 
+def loader(photos: str, paintings: str, size: int, batch: int, workers: int = 0) -> torch.utils.data.DataLoader:
+    """The training pairs as the job's worker draws them (jittered crops), shuffled, in batches."""
+    a, _ = load_encoded_images(photos)
+    b, _ = load_encoded_images(paintings)
+    ds = UnpairedDataset(ImageDataset(a, size, True), ImageDataset(b, size, True))
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+def endless(batches) -> Iterator:
+    while True:
+        yield from batches
+
+
+def timed_steps(trainer: CycleGANTrainer, batches: Iterator, steps: int, batch: int) -> tuple[float, float]:
+    """(steady-state images/s over `steps` steps, seconds of the 3 warm-up steps before them: compile included)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        trainer.step(*next(batches))
+    sync()
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        trainer.step(*next(batches))
+    sync()
+    return steps * batch / (time.perf_counter() - t1), t1 - t0
+
+
 def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int) -> float:
     torch.set_num_threads(threads)
-    photos, _ = load_encoded_images(f"{data}/photo_jpg")
-    paintings, _ = load_encoded_images(f"{data}/monet_jpg")
-    ds = UnpairedDataset(ImageDataset(photos, cfg.image_size, True), ImageDataset(paintings, cfg.image_size, True))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True)
-    trainer = CycleGANTrainer(cfg)
-    it = iter(loader)
-    for _ in range(3):  # warm-up
-        trainer.step(*next(it))
-    t0, n = time.perf_counter(), 0
-    while n < steps:
-        for a, b in loader:
-            trainer.step(a, b)
-            n += 1
-            if n >= steps:
-                break
-    return steps * batch / (time.perf_counter() - t0)
+    pairs = loader(f"{data}/photo_jpg", f"{data}/monet_jpg", cfg.image_size, batch)
+    return timed_steps(CycleGANTrainer(cfg), endless(pairs), steps, batch)[0]
 
 
 def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int, storage: str) -> tuple[float, float]:
@@ -93,45 +109,17 @@ def gpu_levers(batches: list[int], steps: int, photos: str | None) -> None:
             torch.cuda.reset_peak_memory_stats()
             trainer = CycleGANTrainer(cfg, "cuda", precision=precision, fused=fused, channels_last=cl)
             flops = flops_per_image(trainer, x)
-            t0 = time.perf_counter()
             if compiled:
                 for k in ("g_ab", "g_ba", "d_a", "d_b"):
                     setattr(trainer, k, torch.compile(getattr(trainer, k)))
-            for _ in range(3):
-                trainer.step(x, x)
-            torch.cuda.synchronize()
-            compile_s = time.perf_counter() - t0 if compiled else 0.0
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainer.step(x, x)
-            torch.cuda.synchronize()
-            ips = steps * batch / (time.perf_counter() - t0)
+            ips, warm_s = timed_steps(trainer, itertools.repeat((x, x)), steps, batch)
             peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"| {batch} | {label} | {ips:.1f} | {ips * flops / 1e12:.0f} | {peak:.1f} | {compile_s:.0f} |")
+            print(f"| {batch} | {label} | {ips:.1f} | {ips * flops / 1e12:.0f} | {peak:.1f} | "
+                  f"{warm_s if compiled else 0:.0f} |")
         if photos:
-            paintings = str(Path(photos).parent / "monet_jpg")
-            loader = _loader(photos, paintings, cfg.image_size, batch)
-            it, n = iter(loader), 0
-            for _ in range(3):
-                trainer.step(*next(it))
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for a, b in it:
-                trainer.step(a, b)
-                n += 1
-                if n == steps:
-                    break
-            torch.cuda.synchronize()
-            print(f"| {batch} | last row, real photos through the DataLoader | {n * batch / (time.perf_counter() - t0):.1f}"
-                  " | | | |")
-
-
-def _loader(photos: str, paintings: str, size: int, batch: int) -> torch.utils.data.DataLoader:
-    a, _ = load_encoded_images(photos)
-    b, _ = load_encoded_images(paintings)
-    ds = UnpairedDataset(ImageDataset(a, size, True), ImageDataset(b, size, True))
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=6,
-                                       pin_memory=True, persistent_workers=True)
+            pairs = loader(photos, str(Path(photos).parent / "monet_jpg"), cfg.image_size, batch, workers=6)
+            ips, _ = timed_steps(trainer, endless(pairs), steps, batch)
+            print(f"| {batch} | last row, real photos through the DataLoader | {ips:.1f} | | | |")
 
 
 def gpu_job(photos: str, batch: int, steps: int, storage: str) -> None:
@@ -140,16 +128,7 @@ def gpu_job(photos: str, batch: int, steps: int, storage: str) -> None:
     from gan.train.loop import TrainSettings, check_settings, make_trainer
     paintings = str(Path(photos).parent / "monet_jpg")
     trainer = CycleGANTrainer(CycleGANConfig(), "cuda")  # the job's defaults on CUDA
-    it, n = iter(_loader(photos, paintings, 256, batch)), 0
-    for _ in range(3):
-        trainer.step(*next(it))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    while n < steps:
-        trainer.step(*next(it))
-        n += 1
-    torch.cuda.synchronize()
-    plain = steps * batch / (time.perf_counter() - t0)
+    plain, _ = timed_steps(trainer, endless(loader(photos, paintings, 256, batch, workers=6)), steps, batch)
     del trainer
     torch.cuda.empty_cache()
     ray.init(include_dashboard=False, log_to_driver=False)

@@ -67,18 +67,21 @@ class GeneratorActor:
         self.job, self.seed = job, seed
         import ray
         self.node = ray.get_runtime_context().get_node_id()  # the report counts images per node
-        self.channels_last = channels_last and job == "stylize"
-        if self.channels_last:
+        if channels_last and job == "stylize":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.pad_to = 0
         if compile and job == "stylize":
             self.net, self.pad_to = torch.compile(self.net, dynamic=False), batch_size
         if self.pad_to or self.device.type == "cuda":
-            self._stylize_or_sample(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [0])
+            if job == "stylize":
+                self._stylize(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+            else:
+                self._sample([0])
 
-    def _stylize_or_sample(self, pixels: np.ndarray, indices: list[int]) -> np.ndarray:
-        if self.job == "stylize":
-            return stylize_pixels(self.net, pixels, self.device, self.channels_last, self.pad_to)
+    def _stylize(self, pixels: np.ndarray) -> np.ndarray:
+        return stylize_pixels(self.net, pixels, self.device, self.pad_to)
+
+    def _sample(self, indices: list[int]) -> np.ndarray:
         return sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
 
     def __call__(self, batch: dict) -> dict:
@@ -86,9 +89,9 @@ class GeneratorActor:
             ok = np.array([not e for e in batch["error"]], bool)
             out = batch["pixels"].copy()
             if ok.any():
-                out[ok] = self._stylize_or_sample(batch["pixels"][ok], [])
+                out[ok] = self._stylize(batch["pixels"][ok])
         else:
-            out = self._stylize_or_sample(np.empty(0), [row.index for row in batch["row"]])
+            out = self._sample([row.index for row in batch["row"]])
         return {"row": batch["row"], "pixels": out, "error": batch["error"],
                 "node": np.full(len(out), self.node, dtype=object)}
 

@@ -32,20 +32,16 @@ def to_device_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.device, channels_last: bool = False,
-                   pad_to: int = 0) -> np.ndarray:
+def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.device, pad_to: int = 0) -> np.ndarray:
     """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 through a CycleGAN generator.
 
-    `channels_last`: for a generator in that memory format (the batch jobs'); else the input is made NCHW.
     `pad_to`: run a batch of at least this many (zeros after the images, dropped after) so that a compiled
     generator sees one shape and never compiles again for a short last batch.
     """
     n = len(pixels)
     if n < pad_to:
         pixels = np.concatenate([pixels, np.zeros((pad_to - n, *pixels.shape[1:]), pixels.dtype)])
-    x = to_device_tensor(pixels, device)  # (B, 3, H, W)
-    if not channels_last:
-        x = x.contiguous()
+    x = to_device_tensor(pixels, device)  # (B, 3, H, W), channels_last
     with torch.inference_mode(), autocast(device):
         return to_pixels(net(x)[:n])
 
