@@ -2,7 +2,7 @@
 
 python -m jobs.pipeline --workdir demo                      # synthetic data, small model, a few minutes on a laptop
 python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started   # real data: --recipe kaggle-cpu
-python -m jobs.pipeline --workdir run --data ... --recipe none --epochs 30 --ngf 64 --n-blocks 9 --use-gpu
+python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started --use-gpu   # --recipe kaggle
 Relative paths are relative to the current directory. Rerunning continues: training resumes from its last
 checkpoint, finished stylization and zip are not redone.
 """
@@ -32,13 +32,16 @@ OVERRIDES = ("epochs", "image_size", "ngf", "n_blocks", "batch_size", "eval_phot
 
 
 def train_settings(args: argparse.Namespace, photos: str, paintings: str) -> TrainSettings:
-    """The training settings: the recipe (default kaggle-cpu with --data) or the demo sizes, then the flags given."""
-    recipe = args.recipe if args.recipe is not None else ("kaggle-cpu" if args.data else "none")
+    """The training settings: the recipe (with --data: kaggle with --use-gpu, else kaggle-cpu) or the demo sizes,
+    then the flags given."""
+    real = "kaggle" if args.use_gpu else "kaggle-cpu"
+    recipe = args.recipe if args.recipe is not None else (real if args.data else "none")
     chosen = dict(RECIPES[recipe]) if recipe != "none" else {**DEMO, "eval_photos": 1000 if args.data else 0}
     chosen.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     chosen.setdefault("ndf", max(8, chosen["ngf"]))
+    chosen["use_gpu"] = args.use_gpu or chosen.get("use_gpu", False)
     return settings_from(chosen, model="cyclegan", photos=photos, paintings=paintings, num_workers=args.num_workers,
-                         use_gpu=args.use_gpu, eval_features=args.features or "auto")
+                         eval_features=args.features or "auto")
 
 
 class Stage:
@@ -65,7 +68,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--photos", type=int, default=300, help="demo data: number of photos")
     p.add_argument("--paintings", type=int, default=60, help="demo data: number of paintings")
     p.add_argument("--recipe", choices=[*sorted(RECIPES), "none"], default=None,
-                   help="training settings to start from (default: kaggle-cpu with --data, the demo sizes without)")
+                   help="training settings to start from (default with --data: kaggle with --use-gpu, else "
+                        "kaggle-cpu; the demo sizes without --data)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None, help="training crop size (the generator is convolutional)")
     p.add_argument("--ngf", type=int, default=None)

@@ -58,3 +58,8 @@ def write_files(folder: Path, files: dict) -> dict[str, bytes]:
         out[name] = make()
         (folder / name).write_bytes(out[name])
     return out
+
+
+def floats(losses: dict) -> dict[str, float]:
+    """A trainer step's losses (0-dim tensors, left on the device) as numbers."""
+    return {k: float(v) for k, v in losses.items()}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan.train.data import DataError, ImageDataset, UnpairedDataset, load_encoded_images
+from gan.train.data import DataError, DeviceLoader, ImageDataset, UnpairedDataset, decoded_bytes, load_encoded_images
 from gan.train.demo_data import write_demo_data
 from gan.io.images import BadImageError, decode_image, encode_jpeg
 from gan.io.sources import read_input, scan_inputs
@@ -160,3 +160,33 @@ def test_datasets_give_augmented_tensors(demo_data):
     assert any(not torch.equal(p, q) for (p, _), (q, _) in zip(x, [other[i] for i in range(4)]))
     ds.set_epoch(1, seed=7)
     assert any(not torch.equal(p, q) for (p, _), (q, _) in zip(x, [ds[i] for i in range(4)]))
+
+
+@pytest.mark.parametrize("kind", ["cyclegan", "dcgan"])
+def test_data_on_the_device_gives_the_dataloaders_batches(demo_data, kind):
+    """DeviceLoader (images decoded once into the device's memory, cut there) yields exactly the DataLoader's
+    batches: same items for this rank, same crops and flips, same normalisation; on CUDA too when present."""
+    photos, _ = load_encoded_images(str(demo_data / "photo_jpg"))
+    paintings, _ = load_encoded_images(str(demo_data / "monet_tfrec"))
+    if kind == "cyclegan":
+        ds = UnpairedDataset(ImageDataset(photos, 32, jitter=True), ImageDataset(paintings, 32, jitter=True))
+    else:
+        ds = ImageDataset(paintings, 32)  # DCGAN's: the whole image, no crop or flip
+    assert decoded_bytes(ds) == sum(len(p) * p.load_size ** 2 * 3 for p in ds.parts)
+    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=3, drop_last=True)
+    plain = torch.utils.data.DataLoader(ds, batch_size=3, sampler=sampler, drop_last=True)
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    for device in devices:
+        on_device = DeviceLoader(ds, sampler, 3, device)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch, seed=3)
+            expected, got = list(plain), list(on_device)
+            assert len(got) == len(expected) == len(on_device) == len(plain) > 1
+            for want, have in zip(expected, got):
+                want, have = (want, have) if kind == "cyclegan" else ([want], [have])
+                assert len(have) == len(want)
+                for w, h in zip(want, have):
+                    assert h.device.type == device and h.shape == w.shape and torch.equal(h.cpu(), w)
+    flips = [ds.crops(i)[0].flip for i in range(len(ds))] if kind == "cyclegan" else []
+    assert kind == "dcgan" or (any(flips) and not all(flips))  # the comparison covered flipped and plain crops

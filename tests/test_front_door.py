@@ -23,6 +23,7 @@ from jobs import evaluate as evaluate_job
 from jobs import generate as generate_job
 from jobs import stylize as stylize_job
 from jobs import train as train_job
+from tests.helpers import floats
 
 TINY = {"image_size": 32, "ngf": 8, "ndf": 8, "n_blocks": 1}
 
@@ -100,9 +101,9 @@ def test_a_training_state_saved_on_a_gpu_resumes_on_cpu(kind, tmp_path, monkeypa
         sa, sb = a.state_dict()[net], b.state_dict()[net]
         assert all(torch.equal(sa[n], sb[n]) for n in sa), net
     torch.manual_seed(3)
-    la = a.step(*batch)
+    la = floats(a.step(*batch))
     torch.manual_seed(3)
-    assert b.step(*batch) == la  # continues exactly as the original would
+    assert floats(b.step(*batch)) == la  # continues exactly as the original would
 
 
 def _settings(demo_data: Path, **kw) -> TrainSettings:
@@ -204,4 +205,8 @@ def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
     assert demo.epochs == 3 and demo.eval_photos == 0 and demo.batch_size == 4
     assert demo.model_config == {"image_size": 64, "ngf": 16, "n_blocks": 2, "ndf": 16}
     plain = settings(["--data", "x", "--recipe", "none"])
-    assert plain.eval_photos == 1000 and "residual" not in plain.model_config
+    assert plain.eval_photos == 1000 and "residual" not in plain.model_config and not plain.use_gpu
+    gpu, full = settings(["--data", "x", "--use-gpu"]), RECIPES["kaggle"]  # on a GPU: the full-size recipe
+    assert gpu.use_gpu and (gpu.epochs, gpu.batch_size, gpu.model_config["ngf"], gpu.model_config["n_blocks"]) == (
+        full["epochs"], full["batch_size"], 64, 9)
+    assert not real.use_gpu and settings(["--data", "x", "--recipe", "kaggle"]).use_gpu

@@ -121,3 +121,7 @@ def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     assert (cfg.residual, cfg.preprocess, cfg.upsample, cfg.lambda_identity, cfg.diffaugment) == (
         True, "crop", "resize", 0.0, "translation,cutout")
     assert cfg.ngf == 8 and s.eval_every == 1 and s.cpus_per_worker == 2.0
+    _, g = train_job.parse(["--recipe", "kaggle", "--data", "d", "--epochs", "2"])  # the GPU recipe: full size
+    cfg = g.build_model_config()
+    assert (cfg.image_size, cfg.ngf, cfg.n_blocks, cfg.upsample, cfg.residual, cfg.ema) == (256, 64, 9, "resize", True, 0.999)
+    assert g.use_gpu and g.batch_size == 4 and g.epochs == 2 and cfg.decay_epochs == 1  # the second half of any length

@@ -57,11 +57,13 @@ def test_cyclegan_two_workers_local_then_rerun_resumes(ray_cluster, demo_data, t
 def test_two_workers_train_the_weights_of_one_worker_with_the_same_global_batch(ray_cluster, demo_data, tmp_path):
     """DDP on CPU: 2 workers x batch 2 end where 1 worker x batch 4 ends. Both see the same images with the same
     crops (one permutation of the epoch shared out by rank, augmentation drawn per item) and DDP averages the
-    halves' gradients into the whole batch's."""
+    halves' gradients into the whole batch's; data kept on the device trains as the DataLoader's."""
     common = ["--model", "cyclegan", "--data", str(demo_data), "--image-size", "32", "--ngf", "8", "--ndf", "8",
               "--n-blocks", "1", "--eval-photos", "0", "--epochs", "1", "--steps-per-epoch", "3",
               "--pool-size", "0", "--diffaugment", "", "--storage", str(tmp_path / "runs")]
-    assert run([*common, "--num-workers", "2", "--batch-size", "2", "--name", "two"]) == 0
+    # (the two workers cut their batches from images decoded once into device memory, the one worker's come from
+    # the DataLoader: the same pixels either way)
+    assert run([*common, "--num-workers", "2", "--batch-size", "2", "--name", "two", "--data-on-device", "true"]) == 0
     assert run([*common, "--num-workers", "1", "--batch-size", "4", "--name", "one"]) == 0
     two, one = (load_state(checkpoints(tmp_path / "runs" / n)[-1] / STATE_FILE) for n in ("two", "one"))
     assert two["step"] == one["step"] == 3

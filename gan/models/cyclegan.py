@@ -188,7 +188,7 @@ class CycleGANTrainer:
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
 
-    def step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
+    def step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step on a batch of photos (A) and paintings (B), each (B, 3, H, W) in [-1, 1]."""
         cfg = self.cfg
         real_a, real_b = (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -228,8 +228,9 @@ class CycleGANTrainer:
             loss_d = loss_d_a + loss_d_b
         loss_d.backward()
         self.opt_d.step()
-        return {"loss_g": loss_gan.item(), "loss_cycle": loss_cycle.item(), "loss_identity": loss_idt.item(),
-                "loss_d": loss_d.item()}
+        # detached 0-dim tensors on the device: reading them (.item()) would wait for the GPU at every step
+        return {"loss_g": loss_gan.detach(), "loss_cycle": loss_cycle.detach(), "loss_identity": loss_idt.detach(),
+                "loss_d": loss_d.detach()}
 
     def end_epoch(self) -> None:
         self.sched_g.step()

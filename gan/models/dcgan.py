@@ -110,7 +110,7 @@ class DCGANTrainer:
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
 
-    def step(self, real: torch.Tensor) -> dict[str, float]:
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         real = real.to(self.device, non_blocking=True)
         b = real.size(0)
         z = torch.randn(b, self.cfg.nz, generator=self.noise_rng).to(self.device)
@@ -134,8 +134,8 @@ class DCGANTrainer:
         loss_g.backward()
         self.opt_g.step()
         set_requires_grad([d], True)
-        return {"loss_g": loss_g.item(), "loss_d": loss_d.item(),
-                "d_real": torch.sigmoid(out_real).mean().item(), "d_fake": torch.sigmoid(out_fake).mean().item()}
+        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(),  # on the device, as CycleGAN's
+                "d_real": torch.sigmoid(out_real).mean().detach(), "d_fake": torch.sigmoid(out_fake).mean().detach()}
 
     def end_epoch(self) -> None:
         pass

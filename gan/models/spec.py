@@ -22,7 +22,7 @@ class Trainer(Protocol):
 
     @property
     def generator(self) -> nn.Module: ...            # the bare generator that checkpoints export
-    def step(self, *batch: torch.Tensor) -> dict[str, float]: ...  # one optimisation step; losses
+    def step(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]: ...  # one step; 0-dim losses, on device
     def end_epoch(self) -> None: ...                   # LR schedules
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...

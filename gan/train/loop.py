@@ -26,7 +26,7 @@ from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
 from gan.models.layers import PRECISIONS
-from gan.train.data import DataError, load_encoded_images
+from gan.train.data import DataError, DeviceLoader, decoded_bytes, load_encoded_images
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
 from gan.io.sources import read_input, scan_inputs
 from gan.io.storage import StorageError, open_storage, resolve_uri
@@ -61,6 +61,8 @@ class TrainSettings:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0            # with use_gpu; a fraction shares a GPU (several search trials on one)
     loader_workers: int = 0
+    data_on_device: bool | None = None      # decode the images once into the device's memory and cut batches
+                                            # there (None: on CUDA when they take under a quarter of it)
     max_failures: int = 2
     seed: int = 0
     sample_count: int = 4
@@ -173,17 +175,18 @@ def per_worker_resources(settings: TrainSettings) -> dict:
 
 
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
-                 callbacks: list | None = None, start_from: str | None = None):
+                 callbacks: list | None = None, start_from: str | None = None, gate=None):
     """A TorchTrainer for checked settings (`check_settings`); the same name and storage resume.
 
     `start_from`: a checkpoint folder (local or s3://) of another run that a new run starts from, with its own
     settings (a population-based search's exploit); the run's own checkpoints, once it has one, win.
+    `gate`: an `EpochGate` that the workers wait on after each epoch but the last.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from},
+        train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from, "gate": gate},
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(settings), use_gpu=settings.use_gpu,
                                                resources_per_worker=per_worker_resources(settings)),
         run_config=ray.train.RunConfig(
@@ -205,12 +208,35 @@ def epoch_line(m: dict, epochs: int) -> str:
             f"{m['seconds']:.1f} s{score}{saved}")
 
 
+class EpochGate:
+    """How far the driver lets the workers train: the last epoch whose metrics it has handled. A Ray actor."""
+
+    def __init__(self):
+        self.epoch = -1
+
+    def open(self, epoch: int) -> None:
+        self.epoch = max(self.epoch, epoch)
+
+    def opened(self) -> int:
+        return self.epoch
+
+
+def _wait_at_gate(gate, epoch: int) -> None:
+    """Block until the driver has handled `epoch` (polled, so no collective times out however long it takes)."""
+    import ray
+    while ray.get(gate.opened.remote()) < epoch:
+        time.sleep(0.05)
+
+
 def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: Callable[[dict], None],
-                    hook: LoopHook | None = None, start_from: str | None = None):
+                    hook: LoopHook | None = None, start_from: str | None = None, lockstep: bool = False):
     """`fit()` a trainer for these settings in a thread while each epoch's metrics reach `on_epoch` here, in this
     thread and in order ("checkpoint": the epoch's Train checkpoint path, or None); the Result, or what fit() raised.
 
     In the calling thread because a Tune trial must report from its own thread; the driver prints from it.
+    `lockstep`: the workers start an epoch only once `on_epoch` has returned for the one before. A Tune trial's
+    report returns when Tune lets the trial go on, so a trial that Tune stops or pauses (ASHA, or PBT waiting for
+    the others) trains no epoch past the last one Tune saw: PBT's rounds stay synchronous and no work is wasted.
     """
     import ray
     from ray.util.queue import Empty, Queue
@@ -218,7 +244,9 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
     # on this node, as Ray Train puts its controller: a queue on a worker node would die with that node
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)], start_from=start_from)
+    gate = ray.remote(EpochGate).options(num_cpus=0, scheduling_strategy=here).remote() if lockstep else None
+    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)], start_from=start_from,
+                           gate=gate)
     outcome: dict = {}
 
     def fit() -> None:
@@ -236,8 +264,12 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
             except Empty:
                 continue
             on_epoch(metrics)
+            if gate is not None:
+                gate.open.remote(metrics["epoch"])
     finally:
         ray.kill(queue.actor)
+        if gate is not None:
+            ray.kill(gate)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -320,10 +352,16 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
     dataset = spec.dataset(images, model_cfg)
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=settings.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=settings.loader_workers)
+    device = rt.get_device()
+    if _data_on_device(settings, dataset, device):
+        loader = DeviceLoader(dataset, sampler, settings.batch_size, device)
+    else:
+        loader = rt.prepare_data_loader(
+            torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
+                                        num_workers=settings.loader_workers, pin_memory=device.type == "cuda"),
+            add_dist_sampler=False)
     fixed = spec.sample_inputs(images, model_cfg, settings.sample_count, settings.seed)
-    run = _Run(trainer, rt.prepare_data_loader(loader, add_dist_sampler=False), fixed, model_cfg)
+    run = _Run(trainer, loader, fixed, model_cfg)
     if rank == 0 and settings.eval_photos > 0:
         run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, rt.get_device(),
                                        settings.seed)
@@ -349,6 +387,13 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
                                 f"({str(e).splitlines()[0][:200]}): use the run's sizes or another --name") from None
         run.start_epoch, run.step = state["epoch"] + 1, state["step"]
     return run
+
+
+def _data_on_device(settings: TrainSettings, dataset, device: torch.device) -> bool:
+    """Told, or by default on CUDA when the decoded images take under a quarter of the device's memory."""
+    if settings.data_on_device is not None:
+        return settings.data_on_device
+    return device.type == "cuda" and decoded_bytes(dataset) < torch.cuda.get_device_properties(device).total_memory / 4
 
 
 def _setup_errors(error: str, world: int) -> str:
@@ -405,6 +450,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:05d}")
         else:
             ray.train.report(metrics)
+        if config.get("gate") is not None and not last:
+            _wait_at_gate(config["gate"], epoch)
     return None
 
 
@@ -443,7 +490,7 @@ def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoc
     loader.sampler.set_epoch(epoch)
     loader.dataset.set_epoch(epoch, settings.seed)
     torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # on the device: the losses are read once per epoch, not once per step
     images, t0 = 0, time.perf_counter()
     n_steps = len(loader) if settings.steps_per_epoch is None else min(len(loader), settings.steps_per_epoch)
     for i, batch in enumerate(loader):
@@ -453,12 +500,13 @@ def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoc
             hook("mid_epoch", rank, epoch)
         losses = trainer.step(*batch) if isinstance(batch, (list, tuple)) else trainer.step(batch)
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k] = sums[k] + v if k in sums else v.clone()
         run.step += 1
         images += settings.batch_size
+    means = {k: v.item() / max(n_steps, 1) for k, v in sums.items()}  # the one host sync: the epoch's work is done
     seconds = time.perf_counter() - t0
     lr = trainer.opt_g.param_groups[0]["lr"]
     trainer.end_epoch()
-    return {"epoch": epoch, "step": run.step, **{k: v / max(n_steps, 1) for k, v in sums.items()},
+    return {"epoch": epoch, "step": run.step, **means,
             "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
             "lr": lr, "torch_threads": torch.get_num_threads()}

@@ -118,7 +118,7 @@ def run_trial(config: dict) -> None:
         path = m.pop("checkpoint")
         reported = _report(m, path and _uri(path, storage), name, trial_id, donor) or reported
 
-    result = fit_with_epochs(settings, name, storage, forward, start_from=start_from)
+    result = fit_with_epochs(settings, name, storage, forward, start_from=start_from, lockstep=True)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
         raise SearchError(result.return_value["error"])
     latest = result.checkpoint and _uri(result.checkpoint.path, storage)
