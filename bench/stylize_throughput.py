@@ -6,7 +6,7 @@ python bench/stylize_throughput.py [--photos DIR] [--count 400] [--ngf 32] [--bl
 - the job: jobs.stylize's engine (Ray Data: decode tasks -> actor pool -> encode/write tasks).
 --full also runs the whole 7,038-photo set with a small generator and prints seconds and the driver's peak RSS.
 --gpu (on a CUDA machine): the full-size generator alone, eager and compiled, vs bench/plain_stylize.py vs
-`python -m jobs.stylize` [--compile] over 1,500 and 6,000 photos: images/s and wall clock, one table.
+`python -m jobs.stylize` [--compile] [--device-jpeg] over 1,500 and 6,000 photos: images/s and wall clock, one table.
 """
 from __future__ import annotations
 
@@ -80,13 +80,13 @@ def dataloader_script(files: list[Path], ckpt: str, batch: int, threads: int, ou
     return len(files) / (time.perf_counter() - t0)
 
 
-def ray_job(src: Path, ckpt: str, batch: int, out: Path) -> tuple[float, float]:
+def ray_job(src: Path, ckpt: str, batch: int, out: Path, device_jpeg: bool = False) -> tuple[float, float]:
     from gan.batch.engine import BatchOptions
     from gan.io.storage import open_storage
     from gan.batch.stylize import stylize
     t0 = time.perf_counter()
     result = stylize(str(src), BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), batch_size=batch,
-                                            progress=False))
+                                            progress=False, device_jpeg=device_jpeg))
     wall = time.perf_counter() - t0
     return result.report["images_per_s"], wall
 
@@ -151,8 +151,8 @@ def gpu_table(photos: str, counts: list[int], batch: int, workers: int) -> None:
             peer_wall, out = timed([sys.executable, "bench/plain_stylize.py", "--checkpoint", ckpt, "--input", str(src),
                                     "--output", str(tmp / f"peer{n}"), "--batch", str(batch), "--workers", str(workers)])
             print(f"| {n} | plain script ({workers} loader workers) | {n / peer_wall:.0f} | {peer_wall:.1f} | 1.00 |")
-            for label, extra in (("jobs.stylize", []), ("jobs.stylize --compile", ["--compile"])):
-                out_dir = tmp / f"job{n}{len(extra)}"
+            for i, extra in enumerate(([], ["--compile"], ["--device-jpeg"], ["--compile", "--device-jpeg"])):
+                label, out_dir = " ".join(["jobs.stylize", *extra]), tmp / f"job{n}-{i}"
                 wall, _ = timed([sys.executable, "-m", "jobs.stylize", "--checkpoint", ckpt, "--input", str(src),
                                  "--output", str(out_dir), "--batch-size", str(batch), "--no-progress", *extra])
                 report = json.loads((out_dir / "_report.json").read_text())
@@ -209,11 +209,14 @@ def main() -> None:
         dl = dataloader_script(files, ckpt, args.batch, threads, tmp / "dl")
         ensure_ray()
         job, wall = ray_job(src, ckpt, args.batch, tmp / "job")
+        jpeg_job, jpeg_wall = ray_job(src, ckpt, args.batch, tmp / "job-jpeg", device_jpeg=True)
         print(f"{len(files)} photos, generator ngf={args.ngf} blocks={args.blocks}, batch {args.batch}, "
               f"{threads} model threads on {cpus} cores")
         print(f"bare loop (pre-decoded tensors) : {bare:.2f} images/s")
         print(f"DataLoader script (1 worker)    : {dl:.2f} images/s  ({dl / bare:.3f} of bare)")
         print(f"stylize job (Ray Data actors)   : {job:.2f} images/s  (job wall incl. planning {wall:.1f} s)")
+        print(f"stylize --device-jpeg           : {jpeg_job:.2f} images/s  (wall {jpeg_wall:.1f} s; the actor decodes "
+              f"and encodes)")
         print(f"ratio job/bare       : {job / bare:.3f} (target >= 0.9)")
         print(f"ratio job/DataLoader : {job / dl:.3f} (target >= 0.95)")
     if ray.is_initialized():

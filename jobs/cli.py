@@ -85,6 +85,9 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", action="store_true", help="do not use GPUs even if the cluster has them")
     p.add_argument("--compile", action="store_true",
                    help="stylize: torch.compile the generator in each actor (a one-off compile, then faster batches)")
+    p.add_argument("--device-jpeg", action="store_true",
+                   help="stylize: read only bytes beside the model; decode and encode the JPEGs on its device "
+                        "(nvJPEG on a GPU; other images through Pillow as usual)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="--output holds another job's outputs: delete them and run this job (default: refuse)")
@@ -102,7 +105,7 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(checkpoint=args.checkpoint, output=open_storage(args.output), batch_size=args.batch_size,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, actor_resources=args.actor_resources,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress,
-                        compile=args.compile, overwrite=args.overwrite)
+                        compile=args.compile, device_jpeg=args.device_jpeg, overwrite=args.overwrite)
 
 
 def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:

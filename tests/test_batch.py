@@ -18,7 +18,7 @@ from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
 from gan.models.dcgan import DCGANConfig, DCGANGenerator
 from gan.train.demo_data import write_demo_data
 from gan.batch.generate import generate
-from gan.io.images import decode_image
+from gan.io.images import decode_image, encode_jpeg
 from gan.io.naming import output_names, safe_stem
 from gan.io.storage import StorageError, open_storage
 from gan.batch.stylize import stylize
@@ -295,3 +295,69 @@ def test_a_compiled_generator_gives_the_eager_images_and_compiles_once(ray_clust
     assert counters["stats"]["unique_graphs"] == graphs  # no compile for either batch, the short one included
     assert compiled.shape == eager.shape == (7, 256, 256, 3)
     assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
+
+
+def _progressive_jpeg() -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(decode_image(image_bytes(seed=3), "x")).save(buf, "JPEG", quality=90, progressive=True)
+    return buf.getvalue()
+
+
+def test_jpegs_decoded_on_the_device_match_pillow_and_the_rest_take_the_pillow_path():
+    """--device-jpeg's decoder: a whole baseline RGB JPEG of the model's size is decoded by torchvision (nvJPEG on
+    CUDA, libjpeg-turbo here) to Pillow's pixels within JPEG tolerance; every other input (odd modes, sizes,
+    progressive, truncated, not an image, a bomb) goes through Pillow and gets its pixels or its reject reason."""
+    from gan.batch.device_jpeg import decode_to_device, encode_on_device, fits_device_decode
+    from gan.io.images import BadImageError
+    plain = {f"p{i}.jpg": image_bytes(seed=i) for i in range(3)}
+    others = {**{k: make() for k, make in GOOD_ODD.items()}, "progressive.jpg": _progressive_jpeg(),
+              **{k: make() for k, make in BROKEN.items()}}
+    assert all(fits_device_decode(d, 256) for d in plain.values())
+    assert not any(fits_device_decode(d, 256) for d in others.values())
+    names = [*plain, *others]
+    datas = [*plain.values(), *others.values()]
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        images, errors = decode_to_device(datas, names, 256, device)
+        assert images.shape == (len(datas), 3, 256, 256) and images.dtype == torch.uint8
+        assert images.device.type == device.type
+        for name, data, image, error in zip(names, datas, images.cpu(), errors):
+            try:
+                want = decode_image(data, name)
+            except BadImageError as e:
+                assert error == str(e), name  # the Pillow path's reason, word for word
+                continue
+            assert not error, name
+            got = image.permute(1, 2, 0).numpy().astype(int)
+            diff = np.abs(got - want.astype(int))
+            if name in plain:  # decoders may round the IDCT and chroma upsampling differently
+                assert diff.max() <= 8 and diff.mean() < 1.0, (name, diff.max(), diff.mean())
+            else:              # Pillow decoded it: the same pixels exactly
+                assert diff.max() == 0, name
+        encoded = encode_on_device(images[:3])  # quality 95, as the Pillow path's encode_jpeg
+        pixels = images[:3].permute(0, 2, 3, 1).cpu().numpy()
+        back, ref = (np.stack([decode_image(e, "out.jpg").astype(int) for e in jpegs])
+                     for jpegs in (encoded, [encode_jpeg(p) for p in pixels]))
+        assert np.abs(back - ref).mean() < 1.0 and np.abs(back - pixels).mean() < np.abs(pixels - 128).mean() / 4
+
+
+def test_stylize_with_jpegs_on_the_device_gives_the_same_outputs_and_rejects(ray_cluster, tmp_path, cyclegan_ckpt):
+    """--device-jpeg: tasks read bytes only, the actor decodes, stylizes and encodes; same outputs (within JPEG
+    tolerance), same names, same rejects with the same reasons as the Pillow path; a rerun does nothing."""
+    src = tmp_path / "in"
+    write_files(src, {f"ok{i}.jpg": (lambda i=i: image_bytes(seed=i)) for i in range(5)})
+    write_files(src, GOOD_ODD)
+    write_files(src, BROKEN)
+    write_files(src, {"progressive.jpg": _progressive_jpeg})
+    pillow = stylize(str(src), opts(cyclegan_ckpt, tmp_path / "pillow"))
+    device = stylize(str(src), opts(cyclegan_ckpt, tmp_path / "device", device_jpeg=True))
+    assert device.report["counts"] == pillow.report["counts"]
+    assert device.report["rejected"] == pillow.report["rejected"] and len(device.report["rejected"]) == len(BROKEN)
+    made = sorted(p.name for p in (tmp_path / "device").glob("*.jpg"))
+    assert made == sorted(p.name for p in (tmp_path / "pillow").glob("*.jpg")) and len(made) == 5 + len(GOOD_ODD) + 1
+    for name in made:
+        a, b = (decode_image((tmp_path / d / name).read_bytes(), name).astype(int) for d in ("pillow", "device"))
+        assert np.abs(a - b).mean() < 2.0, name
+    assert stylize(str(src), opts(cyclegan_ckpt, tmp_path / "device", device_jpeg=True)).skipped_run

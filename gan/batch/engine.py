@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gan.batch.inference import sample_pixels, stylize_pixels
+from gan.batch.device_jpeg import decode_to_device, encode_on_device
+from gan.batch.inference import sample_pixels, stylize_on_device, stylize_pixels
 from gan.batch.manifest import (MANIFEST, REPORT, JobMismatchError, check_same_job, clear_outputs, job_manifest,
                                 read_manifest)
-from gan.batch.pipeline import DecodeStage, Row, WriteStage, actor_plan, run_pipeline
+from gan.batch.pipeline import DecodeStage, ReadStage, Row, WriteStage, actor_plan, run_pipeline
 from gan.checkpoint import from_bytes
 from gan.io.images import IMAGE_SIZE
 from gan.io.sources import Rejected
@@ -37,6 +38,8 @@ class BatchOptions:
     use_gpu: bool | None = None          # default: when the cluster has GPUs
     channels_last: bool = True
     compile: bool = False                # stylize: torch.compile the generator (once per actor, at its start)
+    device_jpeg: bool = False            # stylize: tasks only read bytes; the actor decodes and encodes the JPEGs
+                                         # on its device (nvJPEG on CUDA; see gan.batch.device_jpeg)
     progress: bool = True
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
     overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
@@ -84,7 +87,24 @@ class GeneratorActor:
     def _sample(self, indices: list[int]) -> np.ndarray:
         return sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
 
+    def _stylize_jpegs(self, batch: dict) -> dict:
+        """Bytes in (`data`, from ReadStage), JPEG bytes out (`jpeg`): decode, stylize and encode on the device."""
+        errors = list(batch["error"])
+        todo = [i for i, e in enumerate(errors) if not e]
+        encoded = np.empty(len(errors), dtype=object)
+        encoded[:] = b""
+        if todo:
+            images, failed = decode_to_device([batch["data"][i] for i in todo], [batch["row"][i].name for i in todo],
+                                              IMAGE_SIZE, self.device)
+            styled = stylize_on_device(self.net, images, self.pad_to)  # (B, 3, H, W) uint8, on the device
+            for i, error, jpeg in zip(todo, failed, encode_on_device(styled)):
+                errors[i], encoded[i] = error, (b"" if error else jpeg)
+        return {"row": batch["row"], "jpeg": encoded, "error": np.array(errors, dtype=object),
+                "node": np.full(len(errors), self.node, dtype=object)}
+
     def __call__(self, batch: dict) -> dict:
+        if "data" in batch:
+            return self._stylize_jpegs(batch)
         if self.job == "stylize":
             ok = np.array([not e for e in batch["error"]], bool)
             out = batch["pixels"].copy()
@@ -154,7 +174,8 @@ def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: Ba
             {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last,
              "compile": opts.compile, "batch_size": opts.batch_size},
             actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
-            decode=DecodeStage(input_storage, IMAGE_SIZE) if job == "stylize" else None,
+            decode=(None if job != "stylize" else ReadStage(input_storage) if opts.device_jpeg
+                    else DecodeStage(input_storage, IMAGE_SIZE)),
             write=WriteStage(out), label=job, progress=opts.progress)
         for batch in results:
             nodes = batch.get("node", [None] * len(batch["row"]))

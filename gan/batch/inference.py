@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gan.io.images import IMAGE_SIZE, to_pixels
+from gan.io.images import IMAGE_SIZE, to_pixels, to_uint8
 from gan.models.layers import autocast
 
 
@@ -44,6 +44,17 @@ def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.devic
     x = to_device_tensor(pixels, device)  # (B, 3, H, W), channels_last
     with torch.inference_mode(), autocast(device):
         return to_pixels(net(x)[:n])
+
+
+def stylize_on_device(net: torch.nn.Module, images: torch.Tensor, pad_to: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) uint8 on the model's device -> the same, stylized, left there (for the device's JPEG encoder).
+    Same values as `stylize_pixels`; `pad_to` as there."""
+    n = len(images)
+    if n < pad_to:
+        images = torch.cat([images, images.new_zeros((pad_to - n, *images.shape[1:]))])
+    x = images.contiguous(memory_format=torch.channels_last).float().div_(127.5).sub_(1.0)  # as to_device_tensor
+    with torch.inference_mode(), autocast(images.device):
+        return to_uint8(net(x)[:n])
 
 
 def sample_pixels(net: torch.nn.Module, seed: int, indices, nz: int, device: torch.device,

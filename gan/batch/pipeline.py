@@ -1,4 +1,4 @@
-"""The one Ray Data pipeline of every batch job: plan rows -> decode (tasks) -> model (actor pool) -> write (tasks).
+"""The one Ray Data pipeline of every batch job: plan rows -> decode or read (tasks) -> model (actor pool) -> write (tasks).
 
 Stylize and generate write JPEGs; evaluation collects Inception features instead of writing. Ray Data streams
 the stages, so decoding and encoding run beside the model, and its actor pool replaces a dying actor and
@@ -77,22 +77,45 @@ class DecodeStage:
         return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
 
 
-class WriteStage:
-    """JPEG-encode `pixels` and write each good row atomically under its `out` key; pixels are dropped, the
-    other columns (`row`, `error`, the actor's `node`) go on to the driver."""
+class ReadStage:
+    """Input bytes in a `data` column, decoded nowhere yet: for a model actor that decodes on its own device
+    (`gan.batch.device_jpeg`). A file that cannot be read, or is over the size limit, is an error for its row."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
 
     def __call__(self, batch: dict) -> dict:
-        for row, error, pixels in zip(batch["row"], batch["error"], batch["pixels"]):
+        rows, errors = batch["row"], list(batch["error"])
+        data = np.empty(len(rows), dtype=object)
+        for i, row in enumerate(rows):
+            data[i] = b""
+            if errors[i]:
+                continue
+            try:
+                data[i] = read_input(self.storage, row.item)
+            except (BadImageError, StorageError, ValueError) as e:
+                errors[i] = str(e)
+        return {**batch, "data": data, "error": np.array(errors, dtype=object)}
+
+
+class WriteStage:
+    """Write each good row atomically under its `out` key: its `jpeg` bytes when the actor encoded them, else its
+    `pixels` JPEG-encoded here; pixels and bytes are dropped, the other columns (`row`, `error`, the actor's
+    `node`) go on to the driver."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def __call__(self, batch: dict) -> dict:
+        encoded = batch.get("jpeg")
+        for i, (row, error) in enumerate(zip(batch["row"], batch["error"])):
             if error:
                 continue
             try:
-                self.storage.write(row.out, encode_jpeg(pixels))
+                self.storage.write(row.out, encoded[i] if encoded is not None else encode_jpeg(batch["pixels"][i]))
             except StorageError as e:
                 raise RuntimeError(f"writing {row.out}: {e}") from e  # storage failure: let Ray retry the block
-        return {k: v for k, v in batch.items() if k != "pixels"}
+        return {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
 
 
 class Progress:
@@ -126,7 +149,7 @@ class DecodeThenModel:
 
 
 def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPlan, batch_size: int,
-                 decode: DecodeStage | None = None, write: WriteStage | None = None, label: str = "",
+                 decode: DecodeStage | ReadStage | None = None, write: WriteStage | None = None, label: str = "",
                  progress: bool = True, decode_in_actor: bool = False) -> Iterator[dict]:
     """Stream `rows` through [decode ->] actor(**actor_kwargs, threads=...) [-> write]; yield result batches
     (numpy columns `row`, `error`, and whatever the actor or the last stage returns).

@@ -99,7 +99,11 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) float in [-1, 1] -> the same shape in uint8, where the images are."""
+    return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
 def to_pixels(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) float in [-1, 1] -> (..., H, W, 3) uint8."""
-    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).cpu().numpy()
+    return to_uint8(images).movedim(-3, -1).cpu().numpy()
