@@ -6,6 +6,7 @@ and a different job is refused (`gan.batch.manifest`).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import time
@@ -140,6 +141,8 @@ def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: Ba
     count); `extra` is recorded only. The same job resumes (outputs that exist are skipped; a finished job
     does nothing); another job is refused unless `opts.overwrite`, which clears the old job's outputs first.
     """
+    if opts.device_jpeg and importlib.util.find_spec("torchvision") is None:
+        raise ValueError("--device-jpeg needs torchvision (a dependency of this project: pip install -e .)")
     started = time.time()
     out = opts.output
     out.remove_stale_temps(before=started)  # what a killed run of this job left half-written
