@@ -263,12 +263,12 @@ def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tm
 def test_pixels_reach_the_model_as_uint8_and_are_normalised_there():
     """What the actors feed the generator: the same values as `to_tensor`, in channels_last, on every device
     present (on CUDA the uint8 bytes are copied from pinned memory and normalised on the GPU)."""
-    from gan.batch.inference import to_device_tensor
-    from gan.io.images import to_tensor
+    from gan.batch.inference import to_device_uint8
+    from gan.io.images import from_uint8, to_tensor
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
-        x = to_device_tensor(pixels, device)
+        x = from_uint8(to_device_uint8(pixels, device))
         assert x.shape == (3, 3, 32, 32) and x.device.type == device.type
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x.cpu(), to_tensor(pixels))

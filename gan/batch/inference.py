@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gan.io.images import IMAGE_SIZE, to_pixels, to_uint8
+from gan.io.images import IMAGE_SIZE, from_uint8, to_pixels, to_uint8
 from gan.models.layers import autocast
 
 
@@ -20,41 +20,34 @@ def latent(seed: int, index: int, nz: int) -> torch.Tensor:
     return torch.from_numpy(rng.standard_normal(nz).astype(np.float32))
 
 
-def to_device_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] on `device`, channels_last in memory.
+def to_device_uint8(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) uint8 on `device`, channels_last in memory (the view of NHWC bytes).
 
-    The uint8 bytes travel (a quarter of float32's), from pinned memory without blocking on CUDA, and are
-    normalised there; the (B, 3, H, W) view of NHWC bytes is already channels_last. Same values as `to_tensor`.
+    The uint8 bytes travel (a quarter of float32's), from pinned memory without blocking on CUDA.
     """
     x = torch.from_numpy(np.ascontiguousarray(pixels))
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.device, pad_to: int = 0) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 through a CycleGAN generator.
-
-    `pad_to`: run a batch of at least this many (zeros after the images, dropped after) so that a compiled
-    generator sees one shape and never compiles again for a short last batch.
-    """
-    n = len(pixels)
-    if n < pad_to:
-        pixels = np.concatenate([pixels, np.zeros((pad_to - n, *pixels.shape[1:]), pixels.dtype)])
-    x = to_device_tensor(pixels, device)  # (B, 3, H, W), channels_last
-    with torch.inference_mode(), autocast(device):
-        return to_pixels(net(x)[:n])
+    return x.permute(0, 3, 1, 2)
 
 
 def stylize_on_device(net: torch.nn.Module, images: torch.Tensor, pad_to: int = 0) -> torch.Tensor:
     """(B, 3, H, W) uint8 on the model's device -> the same, stylized, left there (for the device's JPEG encoder).
-    Same values as `stylize_pixels`; `pad_to` as there."""
+
+    `pad_to`: run a batch of at least this many (zeros after the images, dropped after) so that a compiled
+    generator sees one shape and never compiles again for a short last batch.
+    """
     n = len(images)
     if n < pad_to:
         images = torch.cat([images, images.new_zeros((pad_to - n, *images.shape[1:]))])
-    x = images.contiguous(memory_format=torch.channels_last).float().div_(127.5).sub_(1.0)  # as to_device_tensor
+    x = from_uint8(images.contiguous(memory_format=torch.channels_last))
     with torch.inference_mode(), autocast(images.device):
         return to_uint8(net(x)[:n])
+
+
+def stylize_pixels(net: torch.nn.Module, pixels: np.ndarray, device: torch.device, pad_to: int = 0) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 through a CycleGAN generator (`pad_to` as `stylize_on_device`)."""
+    return stylize_on_device(net, to_device_uint8(pixels, device), pad_to).movedim(1, -1).cpu().numpy()
 
 
 def sample_pixels(net: torch.nn.Module, seed: int, indices, nz: int, device: torch.device,

@@ -55,26 +55,38 @@ def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool |
     return ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
 
 
+def _per_row(batch: dict, work: Callable[[Row], object]) -> tuple[list, np.ndarray]:
+    """work(row) for each row that has no error yet; what it raises about its input becomes that row's error."""
+    errors, out = list(batch["error"]), [None] * len(batch["row"])
+    for i, row in enumerate(batch["row"]):
+        if errors[i]:
+            continue
+        try:
+            out[i] = work(row)
+        except (BadImageError, StorageError, ValueError) as e:
+            errors[i] = str(e)
+    return out, np.array(errors, dtype=object)
+
+
 class DecodeStage:
     """Input bytes -> (size, size, 3) uint8 `pixels`, or an error for that row."""
 
     def __init__(self, storage: Storage, size: int, check: Callable[[bytes, str], None] | None = None):
         self.storage, self.size, self.check = storage, size, check  # check(data, name) raises ValueError
 
+    def _decode(self, row: Row) -> np.ndarray:
+        data = read_input(self.storage, row.item)
+        if self.check is not None:
+            self.check(data, row.name)
+        return decode_image(data, row.name, self.size)
+
     def __call__(self, batch: dict) -> dict:
-        rows, errors = batch["row"], list(batch["error"])
-        pixels = np.zeros((len(rows), self.size, self.size, 3), np.uint8)
-        for i, row in enumerate(rows):
-            if errors[i]:
-                continue
-            try:
-                data = read_input(self.storage, row.item)
-                if self.check is not None:
-                    self.check(data, row.name)
-                pixels[i] = decode_image(data, row.name, self.size)
-            except (BadImageError, StorageError, ValueError) as e:
-                errors[i] = str(e)
-        return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
+        decoded, errors = _per_row(batch, self._decode)
+        pixels = np.zeros((len(decoded), self.size, self.size, 3), np.uint8)
+        for i, image in enumerate(decoded):
+            if image is not None:
+                pixels[i] = image
+        return {**batch, "pixels": pixels, "error": errors}
 
 
 class ReadStage:
@@ -85,17 +97,11 @@ class ReadStage:
         self.storage = storage
 
     def __call__(self, batch: dict) -> dict:
-        rows, errors = batch["row"], list(batch["error"])
-        data = np.empty(len(rows), dtype=object)
-        for i, row in enumerate(rows):
-            data[i] = b""
-            if errors[i]:
-                continue
-            try:
-                data[i] = read_input(self.storage, row.item)
-            except (BadImageError, StorageError, ValueError) as e:
-                errors[i] = str(e)
-        return {**batch, "data": data, "error": np.array(errors, dtype=object)}
+        read, errors = _per_row(batch, lambda row: read_input(self.storage, row.item))
+        data = np.empty(len(read), dtype=object)  # filled one by one: numpy would make a list of bytes fixed-width
+        for i, b in enumerate(read):
+            data[i] = b if b is not None else b""
+        return {**batch, "data": data, "error": errors}
 
 
 class WriteStage:

@@ -99,6 +99,11 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3)
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 -> the same shape in float [-1, 1], where the images are (the values of `to_tensor`)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) float in [-1, 1] -> the same shape in uint8, where the images are."""
     return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

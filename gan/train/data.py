@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gan.io.images import BadImageError, decode_image, open_image, to_tensor
+from gan.io.images import BadImageError, decode_image, from_uint8, open_image, to_tensor
 from gan.io.sources import Rejected, read_input, scan_inputs
 from gan.io.storage import StorageError, open_storage
 
@@ -180,4 +180,4 @@ class DeviceLoader:
     def _cut(images: torch.Tensor, size: int, crops: list[Crop]) -> torch.Tensor:
         views = [images[c.image, c.top:c.top + size, c.left:c.left + size] for c in crops]  # (size, size, 3) each
         x = torch.stack([v.flip(1) if c.flip else v for v, c in zip(views, crops)])  # (B, size, size, 3) uint8
-        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, size, size) in [-1, 1], as to_tensor
+        return from_uint8(x.permute(0, 3, 1, 2))  # (B, 3, size, size) in [-1, 1], as to_tensor
