@@ -210,3 +210,16 @@ def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
     assert gpu.use_gpu and (gpu.epochs, gpu.batch_size, gpu.model_config["ngf"], gpu.model_config["n_blocks"]) == (
         full["epochs"], full["batch_size"], 64, 9)
     assert not real.use_gpu and settings(["--data", "x", "--recipe", "kaggle"]).use_gpu
+
+
+def test_jobs_workers_and_the_server_start_without_the_slow_optional_imports():
+    """Every Ray worker, trial, actor and replica imports our modules at its start; torchvision (it loads
+    torch._dynamo) and torchmetrics (scipy) cost it seconds there, so they load only where a grid is drawn or a
+    score computed."""
+    code = ("import sys, jobs.train, jobs.tune, jobs.pipeline, jobs.stylize, jobs.generate, jobs.evaluate, "
+            "jobs.assemble, gan.train.loop, gan.train.search, gan.batch.engine, serve.app\n"
+            "print(sorted(m for m in ('torchvision', 'torchmetrics', 'scipy', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

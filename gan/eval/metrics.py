@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.image.fid import _compute_fid
-from torchmetrics.image.mifid import _compute_cosine_distance
+
+# torchmetrics (with scipy) is imported by the two functions that use it, not here: it costs ~1.5 s, and this
+# module is imported by every training worker and job driver, most of which never compute a score.
 
 EPSILON = 0.1
 
@@ -27,6 +28,7 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    from torchmetrics.image.fid import _compute_fid
     return float(_compute_fid(mu1, sigma1, mu2, sigma2).clamp_min(0))
 
 
@@ -36,6 +38,7 @@ def fid(generated: np.ndarray, real: np.ndarray) -> float:
 
 def memorization_distance(generated: np.ndarray, train: np.ndarray) -> float:
     """Raw d: mean over generated rows of the min over training rows of 1 - |cosine similarity|."""
+    from torchmetrics.image.mifid import _compute_cosine_distance
     g = torch.as_tensor(np.asarray(generated), dtype=torch.float64)
     t = torch.as_tensor(np.asarray(train), dtype=torch.float64)
     return float(_compute_cosine_distance(g, t, cosine_distance_eps=float("inf")))

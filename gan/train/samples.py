@@ -5,13 +5,15 @@ import io
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from gan.io.images import to_pixels
 
 
 def grid_png(images: torch.Tensor, nrow: int) -> bytes:
     """(N, 3, H, W) in [-1, 1] -> PNG bytes of a grid with `nrow` images per row."""
+    # imported here: torchvision costs every process that imports the models ~2.5 s (it loads torch._dynamo),
+    # and only the processes that draw a grid need it (see tests/test_front_door.py, the import test)
+    from torchvision.utils import make_grid
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)  # (3, H', W')
     buf = io.BytesIO()
     Image.fromarray(to_pixels(grid)).save(buf, "PNG")
