@@ -8,7 +8,8 @@ import scipy.linalg
 import torch
 
 from gan.eval.evaluate import EvalOptions, evaluate, summary_line
-from gan.eval.features import FIDELITY_FILE, INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract, make_extractor
+from gan.eval.features import (FIDELITY_FILE, INCEPTION_SHA1, InceptionFeatures, MissingWeightsError, extract,
+                               find_inception, make_extractor)
 from gan.io.images import decode_image
 from gan.eval.metrics import fid, fid_from_stats, memorization_distance, mifid
 from gan.batch.submission import SubmissionError
@@ -92,6 +93,13 @@ def test_missing_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
     fake.write_bytes(b"not the network")
     with pytest.raises(MissingWeightsError, match=f"is not the FID Inception's {INCEPTION_SHA1}"):
         make_extractor("inception", str(fake))
+    monkeypatch.setenv("GAN_INCEPTION_WEIGHTS", str(fake))  # what training workers read: the same checks
+    with pytest.raises(MissingWeightsError, match=f"fake.pt: SHA1 [0-9a-f]+ is not the FID Inception's {INCEPTION_SHA1}"):
+        make_extractor("inception")
+    monkeypatch.setenv("GAN_INCEPTION_WEIGHTS", str(tmp_path / "gone.pt"))
+    with pytest.raises(MissingWeightsError, match="gone.pt does not exist"):
+        make_extractor("inception")
+    assert find_inception(str(fake)) == fake  # a flag's path comes before the variable
 
 
 def _zip(path, members: dict):

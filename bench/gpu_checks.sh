@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU checks that issues 11, 14 and 15 wait for, prepared so a lent GPU's few minutes go to measuring.
+#
+# usage, on the GPU machine, from the project root, once the device pack is unpacked there
+# (../shared/tools/device-pack.sh here; its setup.sh sourced there):
+#   . .device-pack/setup.sh && bench/gpu_checks.sh PART [PART ...]
+# PARTs, in the order they pay (each bounded by its own timeout; together they overrun one 10-minute call,
+# so send them over two calls, e.g. `tests train` then `stylize evaluate`):
+#   tests     the CUDA sides of the equality tests (GPU decode vs Pillow, data on the device vs the DataLoader),
+#             when pytest is importable there (the pack has no pytest: then says so and skips)
+#   train     bench/train_throughput.py --gpu at the recipe's batch 4: each lever, data in GPU memory, the job (issue 15)
+#   stylize   bench/stylize_throughput.py --gpu over 1,500 and 6,000 photos: job vs the plain script (issue 14)
+#   evaluate  bench/evaluate_throughput.py on the GPU, 1,500 photos, Inception (issue 14)
+#   recipe    jobs.train --recipe kaggle for up to 9 minutes; each call continues it (issue 11: 35 epochs, ~18 min)
+# Logs go to $OUT (the device tool's folder that comes back) or /tmp/gpu-checks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/gpu-checks}; mkdir -p "$out"
+: "${PACK_DATA:?source .device-pack/setup.sh first (it sets PACK_DATA and PACK_INCEPTION)}"
+photos=$PACK_DATA/photo_jpg
+export GAN_INCEPTION_WEIGHTS=${PACK_INCEPTION:?}  # the FID Inception for the jobs, benches and training workers
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+
+run() {  # run NAME SECONDS CMD...: the command's output to $OUT/NAME.log, its table lines and exit code here
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (at most $limit s): $*"
+  timeout -k 10 "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  grep -E '^\||images/s|ratio|TFLOP|peak|passed|failed|skipped|Error|error:' "$out/$name.log" | grep -v 'INFO\|WARNING' | tail -40
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+}
+
+for part in "$@"; do
+  case $part in
+    tests)
+      if python -c "import pytest" 2>/dev/null; then
+        run tests 240 python -m pytest -q -p no:cacheprovider tests/test_data.py tests/test_batch.py \
+          -k "device or decoder"
+      else
+        echo "== tests: pytest is not importable here; not run"
+      fi ;;
+    train) run train 420 python bench/train_throughput.py --gpu --gpu-batches 4 --photos "$photos" ;;
+    stylize) run stylize 420 python bench/stylize_throughput.py --gpu --photos "$photos" --gpu-counts 1500,6000 ;;
+    evaluate)
+      run evaluate 240 python bench/evaluate_throughput.py --photos "$photos" --count 1500 --batch 64 ;;
+    recipe)
+      # killed at its time limit; the same command in a later call continues from the last epoch's checkpoint
+      run recipe 540 python -m jobs.train --recipe kaggle --data "$PACK_DATA" --storage /tmp/gpu-runs --name kaggle \
+        --export "$out/kaggle-generator.pt"
+      find /tmp/gpu-runs -name history.json -exec cp {} "$out/" \; ;;
+    *) echo "bench/gpu_checks.sh: unknown part '$part' (tests, train, stylize, evaluate, recipe)"; exit 2 ;;
+  esac
+done
