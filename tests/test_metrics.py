@@ -94,7 +94,8 @@ def test_missing_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError, match=f"is not the FID Inception's {INCEPTION_SHA1}"):
         make_extractor("inception", str(fake))
     monkeypatch.setenv("GAN_INCEPTION_WEIGHTS", str(fake))  # what training workers read: the same checks
-    with pytest.raises(MissingWeightsError, match=f"fake.pt: SHA1 [0-9a-f]+ is not the FID Inception's {INCEPTION_SHA1}"):
+    with pytest.raises(MissingWeightsError,
+                       match=f"fake.pt: SHA1 [0-9a-f]+ is not the FID Inception's {INCEPTION_SHA1}"):
         make_extractor("inception")
     monkeypatch.setenv("GAN_INCEPTION_WEIGHTS", str(tmp_path / "gone.pt"))
     with pytest.raises(MissingWeightsError, match="gone.pt does not exist"):

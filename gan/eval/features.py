@@ -58,8 +58,7 @@ def fidelity_cache() -> Path:
 
 def find_inception(weights: str | None = None) -> Path:
     """The weights file to use: the given path, $GAN_INCEPTION_WEIGHTS, the packaged file, or torch-fidelity's cache."""
-    if not weights and os.environ.get(WEIGHTS_ENV):
-        weights = os.environ[WEIGHTS_ENV]
+    weights = weights or os.environ.get(WEIGHTS_ENV)
     for candidate in ([Path(weights)] if weights else [packaged_inception(), fidelity_cache()]):
         if candidate is not None and candidate.is_file():
             return candidate
