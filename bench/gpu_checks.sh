@@ -5,10 +5,11 @@
 # (../shared/tools/device-pack.sh here; its setup.sh sourced there):
 #   . .device-pack/setup.sh && bench/gpu_checks.sh PART [PART ...]
 # PARTs, in the order they pay (each bounded by its own timeout; together they overrun one 10-minute call,
-# so send them over two calls, e.g. `tests train` then `stylize evaluate`):
+# so send them over several calls, e.g. `tests train`, then `job stylize`, then `evaluate recipe`):
 #   tests     the CUDA sides of the equality tests (GPU decode vs Pillow, data on the device vs the DataLoader),
 #             when pytest is importable there (the pack has no pytest: then says so and skips)
 #   train     bench/train_throughput.py --gpu at the recipe's batch 4: each lever, data in GPU memory, the job (issue 15)
+#   job       the plain loop vs the training job, both with --compile (2 epochs; the job's epoch lines) (issue 15)
 #   stylize   bench/stylize_throughput.py --gpu over 1,500 and 6,000 photos: job vs the plain script (issue 14)
 #   evaluate  bench/evaluate_throughput.py on the GPU, 1,500 photos, Inception (issue 14)
 #   recipe    jobs.train --recipe kaggle for up to 9 minutes; each call continues it (issue 11: 35 epochs, ~18 min)
@@ -40,7 +41,9 @@ for part in "$@"; do
       else
         echo "== tests: pytest is not importable here; not run"
       fi ;;
-    train) run train 420 python bench/train_throughput.py --gpu --gpu-batches 4 --photos "$photos" ;;
+    train) run train 540 python bench/train_throughput.py --gpu --gpu-batches 4 --photos "$photos" ;;
+    job) run job 420 python bench/train_throughput.py --gpu --gpu-batches 4 --photos "$photos" --no-levers \
+           --compile default --steps 150 ;;
     stylize) run stylize 420 python bench/stylize_throughput.py --gpu --photos "$photos" --gpu-counts 1500,6000 ;;
     evaluate)
       run evaluate 240 python bench/evaluate_throughput.py --photos "$photos" --count 1500 --batch 64 ;;
@@ -49,6 +52,6 @@ for part in "$@"; do
       run recipe 540 python -m jobs.train --recipe kaggle --data "$PACK_DATA" --storage /tmp/gpu-runs --name kaggle \
         --export "$out/kaggle-generator.pt"
       find /tmp/gpu-runs -name history.json -exec cp {} "$out/" \; ;;
-    *) echo "bench/gpu_checks.sh: unknown part '$part' (tests, train, stylize, evaluate, recipe)"; exit 2 ;;
+    *) echo "bench/gpu_checks.sh: unknown part '$part' (tests, train, job, stylize, evaluate, recipe)"; exit 2 ;;
   esac
 done

@@ -15,15 +15,19 @@ import yaml
 
 from jobs.cli import boolean, location, parser, resources, run_main
 from gan.io.storage import write_uri
+from gan.models.layers import COMPILE_MODES
 from gan.train.loop import BEST_FILE, CURVE_FILE, GENERATOR_FILE, SAMPLES_FILE, TrainSettings, run_training
 
 MODEL_FLAGS = {"image_size": int, "ngf": int, "ndf": int, "n_blocks": int, "n_layers_d": int, "nz": int,
                "lr": float, "lambda_cycle": float, "lambda_identity": float, "decay_epochs": int, "pool_size": int,
                "diffaugment": str, "upsample": str, "ema": float, "residual": boolean, "preprocess": str}
-RUN_FLAGS = {"epochs": int, "batch_size": int, "precision": str, "checkpoint_every": int, "keep_checkpoints": int, "num_workers": int,
-             "min_workers": int, "worker_resources": resources,
+RUN_FLAGS = {"epochs": int, "batch_size": int, "precision": str, "compile": str, "checkpoint_every": int,
+             "keep_checkpoints": int, "num_workers": int, "min_workers": int, "worker_resources": resources,
              "cpus_per_worker": float, "loader_workers": int, "max_failures": int, "seed": int, "steps_per_epoch": int,
              "eval_every": int, "eval_photos": int, "eval_features": str, "data_on_device": boolean}
+FLAG_OPTIONS = {"compile": {"nargs": "?", "const": "default", "choices": COMPILE_MODES, "metavar": "MODE",
+                            "help": "torch.compile the networks of the training step (default mode without a "
+                                    "MODE; reduce-overhead adds CUDA graphs): a one-off compile per worker"}}
 
 
 # Named starting points, measured (see README "Quality"): a recipe's values are defaults that --config and flags
@@ -63,7 +67,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, TrainSettings]:
                    help="write the generator of the best-scoring epoch (the last when not scored) here (local or s3://)")
     p.add_argument("--use-gpu", action="store_true", default=None)
     for flag, typ in {**RUN_FLAGS, **MODEL_FLAGS}.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=typ)
+        p.add_argument("--" + flag.replace("_", "-"), type=typ, **FLAG_OPTIONS.get(flag, {}))
     args = p.parse_args(argv)
     if args.recipe:  # the recipe's values become defaults; the config file and flags win
         p.set_defaults(**RECIPES[args.recipe])

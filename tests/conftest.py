@@ -48,6 +48,9 @@ def bucket(s3_endpoint, request):
 
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+# Ray workers that torch.compile (the --compile training test) trace with Dynamo and AOTAutograd as on a GPU, but
+# skip Inductor's C++ code generation (minutes on 2 cold cores); test_models checks Inductor's maths in-process.
+COMPILE_ENV = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
 
 
 def start_shared_ray() -> None:
@@ -56,7 +59,7 @@ def start_shared_ray() -> None:
     import ray
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in S3_ENV}})
+             runtime_env={"env_vars": {**{k: os.environ[k] for k in S3_ENV}, **COMPILE_ENV}})
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,43 @@ def test_fused_adam_updates_as_the_plain_one_and_their_states_load_in_each_other
                                                           for v in back.step(torch.rand(2, 3, 64, 64)).values())
 
 
+def test_compiled_training_is_the_eager_maths_compiles_once_and_checkpoints_load_in_either():
+    """torch.compile (a GPU lever) changes no maths: the compiled step's losses and weights follow the eager
+    step's, later steps reuse the graphs compiled at the first (no recompiles), and the state of either trainer
+    loads in the other with the same keys. DCGAN's step (BatchNorm, a frozen D) compiles the same way."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    cfg = CycleGANConfig(image_size=32, ngf=8, ndf=8, n_blocks=1, pool_size=2)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
+    eager, fast = CycleGANTrainer(cfg, seed=3), CycleGANTrainer(cfg, seed=3, compile="default")
+    graphs = []
+    for i in range(3):  # the first step from the same weights: the same to rounding; after it, Adam turns the
+        l1, l2 = floats(eager.step(a, b)), floats(fast.step(a, b))  # noise-sized gradients' rounding into lr-sized
+        tol = 1e-5 if i == 0 else 0.01                               # steps either way, within bf16's tolerance
+        assert all(l2[k] == pytest.approx(l1[k], rel=tol, abs=tol / 10) for k in l1), (i, l1, l2)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[-1] == graphs[0]  # compiled at the first step, reused after
+    for k in ("g_ab", "g_ba", "d_a", "d_b"):  # 3 Adam steps of lr 2e-4; noise-sized gradients may flip sign
+        assert all((p - q).abs().max() < 1.5e-3 for p, q in zip(getattr(eager, k).parameters(),
+                                                                  getattr(fast, k).parameters())), k
+    assert fast.state_dict().keys() == eager.state_dict().keys()
+    for source, mode in ((fast, None), (eager, "default")):
+        other = CycleGANTrainer(cfg, seed=9, compile=mode)
+        other.load_state_dict(source.state_dict())
+        assert all(torch.equal(p, q) for p, q in zip(source.generator.parameters(), other.generator.parameters()))
+        assert all(torch.isfinite(v) for v in other.step(a, b).values())
+    dc_eager, dc_fast = (DCGANTrainer(DCGANConfig(ngf=8, ndf=8), seed=1, compile=m) for m in (None, "default"))
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch._dynamo.config.patch(debug_backend_override=">=0:aot_eager"):  # Dynamo's and AOTAutograd's graphs
+        for i in range(2):                                                       # (BatchNorm's buffer updates), not
+            l1, l2 = floats(dc_eager.step(x)), floats(dc_fast.step(x))           # Inductor's C++ again: ~30 s cold
+            tol = 1e-5 if i == 0 else 0.01
+            assert all(l2[k] == pytest.approx(l1[k], rel=tol, abs=tol / 10) for k in l1), (i, l1, l2)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        CycleGANTrainer(cfg, compile="fastest")
+
+
 def test_channels_last_training_is_the_same_maths_and_saves_plain_weights():
     """channels_last (the CUDA default) only changes the memory layout: same losses as NCHW, and its state loads
     into an NCHW trainer (and the exported generator into a fresh one) with equal values."""

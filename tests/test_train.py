@@ -57,16 +57,20 @@ def test_cyclegan_two_workers_local_then_rerun_resumes(ray_cluster, demo_data, t
 def test_two_workers_train_the_weights_of_one_worker_with_the_same_global_batch(ray_cluster, demo_data, tmp_path):
     """DDP on CPU: 2 workers x batch 2 end where 1 worker x batch 4 ends. Both see the same images with the same
     crops (one permutation of the epoch shared out by rank, augmentation drawn per item) and DDP averages the
-    halves' gradients into the whole batch's; data kept on the device trains as the DataLoader's."""
+    halves' gradients into the whole batch's; data kept on the device trains as the DataLoader's, and the steps
+    compiled by torch.compile (each worker compiles its DDP-wrapped networks) train as the eager ones."""
     common = ["--model", "cyclegan", "--data", str(demo_data), "--image-size", "32", "--ngf", "8", "--ndf", "8",
               "--n-blocks", "1", "--eval-photos", "0", "--epochs", "1", "--steps-per-epoch", "3",
               "--pool-size", "0", "--diffaugment", "", "--storage", str(tmp_path / "runs")]
-    # (the two workers cut their batches from images decoded once into device memory, the one worker's come from
-    # the DataLoader: the same pixels either way)
-    assert run([*common, "--num-workers", "2", "--batch-size", "2", "--name", "two", "--data-on-device", "true"]) == 0
+    # (the two workers cut their batches from images decoded once into device memory and run compiled steps, the
+    # one worker's come from the DataLoader into eager steps: the same pixels and maths either way)
+    assert run([*common, "--num-workers", "2", "--batch-size", "2", "--name", "two", "--data-on-device", "true",
+                "--compile"]) == 0
     assert run([*common, "--num-workers", "1", "--batch-size", "4", "--name", "one"]) == 0
     two, one = (load_state(checkpoints(tmp_path / "runs" / n)[-1] / STATE_FILE) for n in ("two", "one"))
     assert two["step"] == one["step"] == 3
+    assert history(checkpoints(tmp_path / "runs" / "two")[-1])[0]["compiled_graphs"] > 0  # the steps were compiled
+    assert "compiled_graphs" not in history(checkpoints(tmp_path / "runs" / "one")[-1])[0]
     # The networks compute the same functions. (Not every tensor is equal: a conv bias just before InstanceNorm
     # has a zero gradient up to float noise, which Adam scales up to LR-sized steps that the norm then removes.)
     # (three trainers: one, two, and the untrained start)
@@ -136,3 +140,7 @@ def test_bad_data_fails_before_any_worker_starts(tmp_path, demo_data):
         run(["--model", "dcgan", "--paintings", str(tmp_path / "junk"), "--storage", str(tmp_path / "runs")])
     with pytest.raises(ValueError, match="image_size must be one of"):
         run(["--model", "dcgan", "--paintings", str(demo_data / "monet_jpg"), "--image-size", "48"])
+    yaml_file = tmp_path / "fast.yaml"  # a flag's choices are argparse's; a file's value is checked the same
+    yaml_file.write_text("compile: fastest\n")
+    with pytest.raises(ValueError, match="compile must be one of default, reduce-overhead, max-autotune, got 'fastest'"):
+        run(["--config", str(yaml_file), "--data", str(demo_data), "--storage", str(tmp_path / "runs")])

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
-from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
+from gan.models.layers import autocast, compiled, init_weights, mark_step, set_requires_grad, unwrap
 from gan.models.schedule import adam, apply_lr, linear_decay, load_optimizer
 from gan.models.spec import EncodedImages, ModelSpec
 from gan.batch.inference import stylize_pixels
@@ -159,9 +159,9 @@ class CycleGANTrainer:
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device | str = "cpu",
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto",
-                 fused: bool | None = None, channels_last: bool | None = None):
+                 fused: bool | None = None, channels_last: bool | None = None, compile: str | None = None):
         torch.manual_seed(seed)
-        self.cfg, self.device, self.precision = cfg, torch.device(device), precision
+        self.cfg, self.device, self.precision, self.compile = cfg, torch.device(device), precision, compile
         # NHWC feeds the tensor cores' convolutions without transposes; on CUDA unless told (CPU: NCHW)
         self.memory_format = (torch.channels_last if (self.device.type == "cuda" if channels_last is None
                                                       else channels_last) else torch.contiguous_format)
@@ -170,6 +170,10 @@ class CycleGANTrainer:
                                                                         memory_format=self.memory_format)
         self.g_ab, self.g_ba = wrap(make_g()), wrap(make_g())  # photo -> Monet, Monet -> photo
         self.d_a, self.d_b = wrap(make_d()), wrap(make_d())    # judges photos, judges Monets
+        # what step() calls: these networks, or with `compile` torch.compile views of them (the same parameters);
+        # the frozen discriminators of the generator step are called unwrapped, outside DDP
+        self._nets = tuple(compiled(m, compile) for m in (self.g_ab, self.g_ba, self.d_a, self.d_b))
+        self._frozen_d = tuple(compiled(unwrap(m), compile) for m in (self.d_a, self.d_b))
         betas = (cfg.beta1, 0.999)
         self.opt_g = adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), cfg.lr, betas, self.device, fused)
         self.opt_d = adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()), cfg.lr, betas, self.device, fused)
@@ -194,19 +198,22 @@ class CycleGANTrainer:
         real_a, real_b = (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                           for x in (real_a, real_b))  # (B, 3, H, W) each
         lam_idt = cfg.lambda_cycle * cfg.lambda_identity
+        mark_step(self.compile)
+        g_ab, g_ba, d_a, d_b = self._nets
+        frozen_d_a, frozen_d_b = self._frozen_d
 
         # Generators: fool both (frozen, unwrapped) discriminators, reconstruct both ways, keep colours.
-        d_a, d_b = unwrap(self.d_a), unwrap(self.d_b)
-        set_requires_grad([d_a, d_b], False)
+        set_requires_grad([unwrap(self.d_a), unwrap(self.d_b)], False)
         self.opt_g.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
-            fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
-            rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
-            loss_gan = lsgan_loss(d_b(self._d_in(fake_b)), True) + lsgan_loss(d_a(self._d_in(fake_a)), True)
+            fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+            rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
+            loss_gan = (lsgan_loss(frozen_d_b(self._d_in(fake_b)), True) +
+                        lsgan_loss(frozen_d_a(self._d_in(fake_a)), True))
             loss_cycle = (F.l1_loss(rec_a.float(), real_a) + F.l1_loss(rec_b.float(), real_b)) * cfg.lambda_cycle
             if lam_idt > 0:
-                loss_idt = (F.l1_loss(self.g_ab(real_b).float(), real_b) +
-                            F.l1_loss(self.g_ba(real_a).float(), real_a)) * lam_idt
+                loss_idt = (F.l1_loss(g_ab(real_b).float(), real_b) +
+                            F.l1_loss(g_ba(real_a).float(), real_a)) * lam_idt
             else:
                 loss_idt = torch.zeros((), device=self.device)
             loss_g = loss_gan + loss_cycle + loss_idt
@@ -216,15 +223,15 @@ class CycleGANTrainer:
             self.ema.update_parameters(unwrap(self.g_ab))
 
         # Discriminators: real vs. a fake drawn from the history pool.
-        set_requires_grad([d_a, d_b], True)
+        set_requires_grad([unwrap(self.d_a), unwrap(self.d_b)], True)
         self.opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_b.query(fake_b.detach().float())
         pooled_a = self.pool_a.query(fake_a.detach().float())
         with autocast(self.device, self.precision):
-            loss_d_b = 0.5 * (lsgan_loss(self.d_b(self._d_in(real_b)), True) +
-                              lsgan_loss(self.d_b(self._d_in(pooled_b)), False))
-            loss_d_a = 0.5 * (lsgan_loss(self.d_a(self._d_in(real_a)), True) +
-                              lsgan_loss(self.d_a(self._d_in(pooled_a)), False))
+            loss_d_b = 0.5 * (lsgan_loss(d_b(self._d_in(real_b)), True) +
+                              lsgan_loss(d_b(self._d_in(pooled_b)), False))
+            loss_d_a = 0.5 * (lsgan_loss(d_a(self._d_in(real_a)), True) +
+                              lsgan_loss(d_a(self._d_in(pooled_a)), False))
             loss_d = loss_d_a + loss_d_b
         loss_d.backward()
         self.opt_d.step()

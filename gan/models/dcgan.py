@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from gan.models.diffaugment import diff_augment
 from gan.batch.inference import sample_pixels
-from gan.models.layers import autocast, init_weights, set_requires_grad, unwrap
+from gan.models.layers import autocast, compiled, init_weights, mark_step, set_requires_grad, unwrap
 from gan.models.spec import EncodedImages, ModelSpec
 from gan.models.schedule import adam, apply_lr, load_optimizer
 from gan.train.data import ImageDataset
@@ -93,11 +93,13 @@ class DCGANTrainer:
 
     def __init__(self, cfg: DCGANConfig, device: torch.device | str = "cpu",
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0, precision: str = "auto",
-                 fused: bool | None = None):
+                 fused: bool | None = None, compile: str | None = None):
         torch.manual_seed(seed)
-        self.cfg, self.device, self.precision = cfg, torch.device(device), precision
+        self.cfg, self.device, self.precision, self.compile = cfg, torch.device(device), precision, compile
         self.g = wrap(DCGANGenerator(cfg).to(self.device))
         self.d = wrap(DCGANDiscriminator(cfg).to(self.device))
+        # what step() calls: these networks or torch.compile views of them (see CycleGANTrainer)
+        self._g, self._d, self._frozen_d = (compiled(m, compile) for m in (self.g, self.d, unwrap(self.d)))
         betas = (cfg.beta1, 0.999)
         self.opt_g = adam(self.g.parameters(), cfg.lr, betas, self.device, fused)
         self.opt_d = adam(self.d.parameters(), cfg.lr, betas, self.device, fused)
@@ -114,12 +116,13 @@ class DCGANTrainer:
         real = real.to(self.device, non_blocking=True)
         b = real.size(0)
         z = torch.randn(b, self.cfg.nz, generator=self.noise_rng).to(self.device)
+        mark_step(self.compile)
         # Discriminator: real -> 1, fake -> 0 (separate batches, so BatchNorm sees each alone).
         self.opt_d.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
-            fake = self.g(z)
-            out_real = self.d(self._d_in(real)).float()
-            out_fake = self.d(self._d_in(fake.detach())).float()
+            fake = self._g(z)
+            out_real = self._d(self._d_in(real)).float()
+            out_fake = self._d(self._d_in(fake.detach())).float()
             loss_d = (F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real)) +
                       F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake)))
         loss_d.backward()
@@ -129,7 +132,7 @@ class DCGANTrainer:
         set_requires_grad([d], False)
         self.opt_g.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
-            out = d(self._d_in(fake)).float()
+            out = self._frozen_d(self._d_in(fake)).float()
             loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         loss_g.backward()
         self.opt_g.step()

@@ -1,4 +1,5 @@
-"""Helpers every model shares: the papers' weight init, freezing, DDP unwrapping, and the one autocast rule."""
+"""Helpers every model shares: the papers' weight init, freezing, DDP unwrapping, the one autocast rule, and the
+optional torch.compile of the networks a training step calls."""
 from __future__ import annotations
 
 import torch
@@ -39,3 +40,24 @@ def autocast(device: torch.device | str, precision: str = "auto"):
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compiled(module: nn.Module, mode: str | None) -> nn.Module:
+    """What a training step calls: `module` itself, or with a `mode` a torch.compile view of it that shares its
+    parameters (so optimizers, DDP, state dicts and checkpoints see the plain module; a compiled run's checkpoint
+    loads in an eager one and back). "reduce-overhead" adds CUDA graphs on CUDA."""
+    if mode is None:
+        return module
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return torch.compile(module, mode=mode)
+
+
+def mark_step(mode: str | None) -> None:
+    """Tell CUDA graphs (compile mode "reduce-overhead") that a new training step begins: the last step's graph
+    outputs may then be overwritten. A no-op otherwise."""
+    if mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()

@@ -19,6 +19,7 @@ EncodedImages = list[tuple[str, bytes]]  # (name, encoded bytes), as gan.train.d
 class Trainer(Protocol):
     """The networks, optimizers and schedules of one model, driven by the training loop."""
     opt_g: torch.optim.Optimizer
+    device: torch.device
 
     @property
     def generator(self) -> nn.Module: ...            # the bare generator that checkpoints export

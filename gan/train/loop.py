@@ -25,7 +25,7 @@ from ray.train import UserCallback
 from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
-from gan.models.layers import PRECISIONS
+from gan.models.layers import COMPILE_MODES, PRECISIONS
 from gan.train.data import DataError, DeviceLoader, decoded_bytes, load_encoded_images
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
 from gan.io.sources import read_input, scan_inputs
@@ -58,6 +58,8 @@ class TrainSettings:
     worker_resources: dict = field(default_factory=dict)  # custom resources each worker needs, e.g. {"trainer": 1}
     use_gpu: bool = False
     precision: str = "auto"                 # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    compile: str | None = None              # torch.compile the networks of the step: default | reduce-overhead
+                                            # (+ CUDA graphs) | max-autotune; once per worker, at its first step
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0            # with use_gpu; a fraction shares a GPU (several search trials on one)
     loader_workers: int = 0
@@ -147,6 +149,8 @@ def check_settings(settings: TrainSettings) -> TrainSettings:
                          f"got {settings.min_workers}")
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
+    if settings.compile is not None and settings.compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
     settings.build_model_config()
     validate_data(settings)
     return settings
@@ -204,8 +208,9 @@ def epoch_line(m: dict, epochs: int) -> str:
         label = SCORE if m["eval_features"] == "inception" else f"{SCORE}[{m['eval_features']} stand-in]"
         score = (f"  {label} {m[SCORE]:.2f} (FID {m['fid']:.2f}, d {m['memorization']:.3f}; "
                  f"best {m['best_' + SCORE]:.2f} @ epoch {m['best_epoch'] + 1})")
+    peak = f", peak {m['peak_gpu_gib']:.1f} GiB" if "peak_gpu_gib" in m else ""
     return (f"train: epoch {m['epoch'] + 1}/{epochs}  {losses}  {m['images_per_s']:.1f} images/s, "
-            f"{m['seconds']:.1f} s{score}{saved}")
+            f"{m['seconds']:.1f} s{peak}{score}{saved}")
 
 
 class EpochGate:
@@ -346,7 +351,8 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
     model_cfg = settings.build_model_config()
     images = {source: load_encoded_images(getattr(settings, source))[0] for source in spec.sources}
     wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
-    trainer = spec.trainer(model_cfg, rt.get_device(), wrap, seed=settings.seed, precision=settings.precision)
+    trainer = spec.trainer(model_cfg, rt.get_device(), wrap, seed=settings.seed, precision=settings.precision,
+                           compile=settings.compile)
     # The order of every epoch is one permutation of (seed, epoch) shared out by rank, at any world size: with
     # the per-item augmentation (ImageDataset.set_epoch), N workers x batch B see what one worker x batch N*B sees.
     dataset = spec.dataset(images, model_cfg)
@@ -509,4 +515,16 @@ def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoc
     trainer.end_epoch()
     return {"epoch": epoch, "step": run.step, **means,
             "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
-            "lr": lr, "torch_threads": torch.get_num_threads()}
+            "lr": lr, "torch_threads": torch.get_num_threads(), **_speed_facts(settings, trainer.device)}
+
+
+def _speed_facts(settings: TrainSettings, device: torch.device) -> dict:
+    """On CUDA, the peak GPU memory so far (GiB); with --compile, the graphs this worker has compiled so far:
+    the first epoch compiles (and is slower for it), a count that grows after it means recompiles."""
+    facts = {}
+    if device.type == "cuda":
+        facts["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if settings.compile is not None:
+        from torch._dynamo.utils import counters  # imported with torch.compile itself: only when it is used
+        facts["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+    return facts
