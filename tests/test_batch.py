@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def test_generate_is_deterministic_across_actor_counts(ray_cluster, dcgan_ckpt, 
     assert other.report["counts"]["outputs"] == 3
 
 
-def test_zip_checks(tmp_path, bucket):
+def test_zip_checks(tmp_path, bucket, monkeypatch):
     folder = tmp_path / "imgs"
     write_files(folder, {f"{i}.jpg": (lambda i=i: image_bytes(seed=i)) for i in range(6)})
     (folder / REPORT).write_text("{}")
@@ -222,6 +223,13 @@ def test_zip_checks(tmp_path, bucket):
     assert info["images"] == 6
     data = boto3.client("s3").get_object(Bucket=bucket, Key="sub/images.zip")["Body"].read()
     assert check_zip(data, "images.zip", min_images=6, max_images=6) == 6
+    with monkeypatch.context() as later:  # the same images an hour later: the same bytes (no clock in the entries)
+        now = time.time()
+        later.setattr(time, "time", lambda: now + 3600)
+        assemble(open_storage(str(folder)), str(tmp_path / "later.zip"), min_images=1)
+    assert (tmp_path / "later.zip").read_bytes() == data
+    assert {i.filename: i.external_attr >> 16 for i in zipfile.ZipFile(tmp_path / "later.zip").infolist()} == {
+        f"{i}.jpg": 0o644 for i in range(6)}
     with zipfile.ZipFile(tmp_path / "bad.zip", "w") as zf:
         zf.writestr("small.jpg", image_bytes(size=(64, 64)))
     with pytest.raises(SubmissionError, match="small.jpg: is 64x64"):

@@ -2,7 +2,8 @@
 
 Images are streamed one at a time from storage into the zip (stored, not deflated: JPEG does not
 compress further), so memory stays flat at any count; the zip appears at its target only when whole
-(a local rename, or an S3 upload, multipart when large).
+(a local rename, or an S3 upload, multipart when large). The same images give the same zip, byte for byte,
+whenever it is assembled: each entry carries a fixed date, not the clock's.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gan.io.images import IMAGE_SIZE, BadImageError, open_image
 from gan.io.storage import Storage, split_uri
 
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
+ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries do not record when they were written
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -60,7 +62,9 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
             for key in keys:
                 data = storage.read(key)
                 check_submission_image(data, storage.child(key))
-                zf.writestr(key, data)
+                entry = zipfile.ZipInfo(key, date_time=ENTRY_DATE)
+                entry.external_attr = 0o644 << 16  # rw-r--r-- when unzipped
+                zf.writestr(entry, data)
                 total += len(data)
     return {"images": len(keys), "bytes": total, "zip": output_uri}
 
