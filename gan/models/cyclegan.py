@@ -201,9 +201,10 @@ class CycleGANTrainer:
         mark_step(self.compile)
         g_ab, g_ba, d_a, d_b = self._nets
         frozen_d_a, frozen_d_b = self._frozen_d
+        plain_d = [unwrap(self.d_a), unwrap(self.d_b)]  # what freezing and unfreezing act on
 
         # Generators: fool both (frozen, unwrapped) discriminators, reconstruct both ways, keep colours.
-        set_requires_grad([unwrap(self.d_a), unwrap(self.d_b)], False)
+        set_requires_grad(plain_d, False)
         self.opt_g.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
             fake_b, fake_a = g_ab(real_a), g_ba(real_b)
@@ -223,7 +224,7 @@ class CycleGANTrainer:
             self.ema.update_parameters(unwrap(self.g_ab))
 
         # Discriminators: real vs. a fake drawn from the history pool.
-        set_requires_grad([unwrap(self.d_a), unwrap(self.d_b)], True)
+        set_requires_grad(plain_d, True)
         self.opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_b.query(fake_b.detach().float())
         pooled_a = self.pool_a.query(fake_a.detach().float())

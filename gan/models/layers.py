@@ -49,11 +49,16 @@ def compiled(module: nn.Module, mode: str | None) -> nn.Module:
     """What a training step calls: `module` itself, or with a `mode` a torch.compile view of it that shares its
     parameters (so optimizers, DDP, state dicts and checkpoints see the plain module; a compiled run's checkpoint
     loads in an eager one and back). "reduce-overhead" adds CUDA graphs on CUDA."""
-    if mode is None:
+    if check_compile(mode) is None:
         return module
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return torch.compile(module, mode=mode)
+
+
+def check_compile(mode: str | None) -> str | None:
+    """`mode` when it is None or a torch.compile mode; else the one-line error (the driver checks before Ray)."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
 
 
 def mark_step(mode: str | None) -> None:

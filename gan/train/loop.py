@@ -25,7 +25,7 @@ from ray.train import UserCallback
 from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
-from gan.models.layers import COMPILE_MODES, PRECISIONS
+from gan.models.layers import PRECISIONS, check_compile
 from gan.train.data import DataError, DeviceLoader, decoded_bytes, load_encoded_images
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
 from gan.io.sources import read_input, scan_inputs
@@ -149,8 +149,7 @@ def check_settings(settings: TrainSettings) -> TrainSettings:
                          f"got {settings.min_workers}")
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
-    if settings.compile is not None and settings.compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {settings.compile!r}")
+    check_compile(settings.compile)
     settings.build_model_config()
     validate_data(settings)
     return settings
