@@ -86,7 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "g.pt"
         ckpt.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=args.ngf, n_blocks=args.blocks), net)))
-        ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = {"checkpoint": str(ckpt), "max_batch_size": args.batch, "batch_wait_timeout_s": 0.005,

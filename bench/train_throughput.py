@@ -66,7 +66,7 @@ def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: 
 def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int, storage: str) -> tuple[float, float]:
     import ray
     from gan.train.loop import TrainSettings, check_settings, make_trainer
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     settings = TrainSettings(model="cyclegan", photos=f"{data}/photo_jpg", paintings=f"{data}/monet_jpg",
                              epochs=2, batch_size=batch, num_workers=1, cpus_per_worker=threads,
                              steps_per_epoch=steps, checkpoint_every=2,
@@ -146,7 +146,7 @@ def gpu_job(photos: str, batch: int, steps: int, storage: str, compile: str | No
     plain, _ = timed_steps(trainer, endless(loader(photos, paintings, 256, batch, workers=6)), steps, batch)
     del trainer
     torch.cuda.empty_cache()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     settings = TrainSettings(model="cyclegan", photos=photos, paintings=paintings, epochs=2, batch_size=batch,
                              num_workers=1, use_gpu=True, loader_workers=6, steps_per_epoch=steps,
                              checkpoint_every=2, eval_photos=0, compile=compile)

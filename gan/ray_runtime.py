@@ -1,5 +1,9 @@
 """Connecting a job to Ray: the cluster in RAY_ADDRESS (`ray job submit`), else an embedded local one.
 
+Only RAY_ADDRESS joins a cluster: a plain `ray.init()` would also join whatever `/tmp/ray/ray_current_cluster`
+names (the last `ray start` on this machine, perhaps long dead or another user's), and fail there with
+"num_cpus must not be provided". A Ray started with `ray start` here is joined with `RAY_ADDRESS=auto`.
+
 By default the user's terminal shows our own lines only: Ray's logs, its actors' and workers' output
 (controller chatter, placement-group cleaners, token notices) and Ray Data's progress bars stay in Ray's
 log files (`/tmp/ray/session_latest/logs`). `--verbose` brings all of it back.
@@ -46,7 +50,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     else:
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner needs: without it a
         # training run whose driver is killed (a search trial stopped early) keeps its workers' CPUs reserved.
-        ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=True,
+        ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=True,
                  dashboard_host="127.0.0.1", **quiet)
     if not _verbose:
         import ray.data

@@ -9,6 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT.parent / "shared" / "data" / "gan-getting-started"
+# The tests run their own Rays; a RAY_ADDRESS from the shell would send the jobs they start to another cluster.
+os.environ.pop("RAY_ADDRESS", None)
 
 
 def free_port() -> int:
@@ -55,10 +57,11 @@ COMPILE_ENV = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
 
 def start_shared_ray() -> None:
     """The session's local Ray (2 cores here: oversubscribed so actor pools leave room for read tasks), with the
-    dashboard: it serves the State API that Ray Train's placement-group cleaner asks whether a run's driver lives."""
+    dashboard: it serves the State API that Ray Train's placement-group cleaner asks whether a run's driver lives.
+    Always a new one (`address="local"`): never a cluster that RAY_ADDRESS or another run's `ray start` names."""
     import ray
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {**{k: os.environ[k] for k in S3_ENV}, **COMPILE_ENV}})
 
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from jobs import evaluate as evaluate_job
 from jobs import generate as generate_job
 from jobs import stylize as stylize_job
 from jobs import train as train_job
+from tests.conftest import free_port
 from tests.helpers import floats
 
 TINY = {"image_size": 32, "ngf": 8, "ndf": 8, "n_blocks": 1}
@@ -172,11 +174,20 @@ RAY_CHATTER = ("pid=", "WARNING", "core_worker", "PlacementGroupCleaner", "Token
 
 
 def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
-    """The README's main command form, relative --workdir, in a new directory, in its own process and Ray."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    """The README's main command form, relative --workdir, in a new directory, in its own process and Ray.
+
+    Ray's temp dir names a dead `ray start` cluster (a stale `ray_current_cluster`, as a killed head leaves it),
+    which a plain `ray.init()` would try to join: without RAY_ADDRESS the job starts its own Ray all the same."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_TMPDIR": str(ray_tmp)}
     cmd = [sys.executable, "-m", "jobs.pipeline", "--workdir", "demo", "--photos", "16", "--paintings", "8",
            "--epochs", "1", "--image-size", "32", "--ngf", "8", "--n-blocks", "1", "--features", "pixels"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert (tmp_path / "demo" / "images.zip").is_file()
