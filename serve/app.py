@@ -2,7 +2,7 @@
 
 serve run serve/config.yaml            (or: serve run serve.app:build_app checkpoint=g.pt, or python -m serve)
 POST /stylize    raw image body or multipart field "file" (JPEG/PNG/WebP, any size or mode) -> 256x256 JPEG
-POST /generate?seed=S&count=K  -> K DCGAN samples (one JPEG, or a zip when K > 1)
+POST /generate?seed=S&count=K  -> K DCGAN samples (one JPEG, or a zip when K > 1: the same bytes for the same S, K)
 GET  /healthz, GET /stats, GET / (a page to try it)
 
 Size policy: like the batch jobs, the input is centre-cropped to a square and resized to 256x256.
@@ -24,6 +24,7 @@ from ray import serve
 from gan.checkpoint import from_bytes
 from gan.io.images import IMAGE_SIZE, BadImageError, decode_image, encode_jpeg
 from gan.batch.inference import sample_pixels, stylize_pixels
+from gan.batch.submission import zip_entry
 from gan.io.storage import read_uri
 from serve.page import PAGE
 
@@ -184,7 +185,7 @@ class GanServer:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
             for i, img in enumerate(images):
-                zf.writestr(f"{seed}-{i:03d}.jpg", encode_jpeg(img))
+                zf.writestr(zip_entry(f"{seed}-{i:03d}.jpg"), encode_jpeg(img))
         return Response(buf.getvalue(), media_type="application/zip")
 
     @api.get("/healthz")

@@ -8,6 +8,7 @@ import urllib.request
 import uuid
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -108,7 +109,14 @@ def test_generate_is_seeded(server):
     c = post(server["url"] + "/generate?seed=4&count=1", b"", "application/octet-stream")
     assert a[0] == 200 and is_256_jpeg(a[2]) and a[2] == b[2] and a[2] != c[2]
     status, ctype, body = post(server["url"] + "/generate?seed=3&count=3", b"", "application/octet-stream")
-    assert status == 200 and ctype == "application/zip" and len(zipfile.ZipFile(io.BytesIO(body)).namelist()) == 3
+    assert status == 200 and ctype == "application/zip"
+    entries = zipfile.ZipFile(io.BytesIO(body)).infolist()
+    assert [e.filename for e in entries] == ["3-000.jpg", "3-001.jpg", "3-002.jpg"]
+    first, alone = (np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), dtype=int)
+                    for d in (zipfile.ZipFile(io.BytesIO(body)).read("3-000.jpg"), a[2]))
+    assert np.abs(first - alone).max() <= 2  # image i depends only on (seed, i), not on the count
+    assert all(e.date_time == (1980, 1, 1, 0, 0, 0) for e in entries)  # no clock time in the zip
+    assert post(server["url"] + "/generate?seed=3&count=3", b"", "application/octet-stream")[2] == body
     assert post(server["url"] + "/generate?count=1000", b"")[0] == 400
 
 

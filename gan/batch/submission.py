@@ -23,6 +23,13 @@ class SubmissionError(ValueError):
     """A submission that Kaggle would refuse; the message says which image or count is wrong."""
 
 
+def zip_entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry dated ENTRY_DATE, not by the clock (the same images give the same zip bytes), rw-r--r--."""
+    entry = zipfile.ZipInfo(name, date_time=ENTRY_DATE)
+    entry.external_attr = 0o644 << 16
+    return entry
+
+
 def check_submission_image(data: bytes, name: str) -> None:
     try:
         img = open_image(data, name)
@@ -62,9 +69,7 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
             for key in keys:
                 data = storage.read(key)
                 check_submission_image(data, storage.child(key))
-                entry = zipfile.ZipInfo(key, date_time=ENTRY_DATE)
-                entry.external_attr = 0o644 << 16  # rw-r--r-- when unzipped
-                zf.writestr(entry, data)
+                zf.writestr(zip_entry(key), data)
                 total += len(data)
     return {"images": len(keys), "bytes": total, "zip": output_uri}
 
