@@ -16,6 +16,14 @@ import sys
 import tempfile
 
 _verbose = False
+# The GCS address of the Ray this process started itself (address="local"): that one has no autoscaler and never
+# grows. A Ray joined later in the same process (a test's multi-node cluster) is another address.
+_embedded_gcs: str | None = None
+# The dashboard serves Ray's State API, which Ray Train's placement-group cleaner needs: without it a training run
+# whose driver is killed (a search trial stopped early) keeps its workers' CPUs reserved. None, Ray's default, starts
+# it wherever its packages are (ray[default], which pyproject's ray[serve] brings); True would refuse to start Ray
+# at all where they are not ("Cannot include dashboard with missing packages"), as on a GPU image given a bare Ray.
+DASHBOARD = None
 NATIVE_LOG = os.path.join(tempfile.gettempdir(), "gan-art-ray-native.log")
 
 
@@ -48,14 +56,35 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner needs: without it a
-        # training run whose driver is killed (a search trial stopped early) keeps its workers' CPUs reserved.
-        ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=True,
+        ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=DASHBOARD,
                  dashboard_host="127.0.0.1", **quiet)
+        global _embedded_gcs
+        _embedded_gcs = ray.get_runtime_context().gcs_address
     if not _verbose:
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours are drawn by the driver
         set_verbose(False)  # ray.init configures Ray's loggers again
+
+
+def check_placeable(each: dict[str, float], count: int, what: str, fields: dict[str, str]) -> None:
+    """Fail at once, naming the setting, when `count` `what`s (each asking Ray for `each`) can never be placed.
+
+    An embedded local Ray has what it started with, and Ray Train retries placing its workers for ever (Ray Data
+    its actors likewise), silently: `--use-gpu` on a machine without a GPU would hang, not fail. A cluster joined
+    through RAY_ADDRESS (`ray job submit`) may gain nodes from its autoscaler, so there the job waits, as Ray does.
+    `fields`: the setting (and flag) behind each resource name; "*" for custom resources.
+    """
+    import ray
+    if _embedded_gcs is None or ray.get_runtime_context().gcs_address != _embedded_gcs:
+        return
+    have = ray.cluster_resources()
+    for name, amount in each.items():
+        if amount * count > have.get(name, 0.0) + 1e-9:
+            hint = ": no GPU that Ray sees here" if name == "GPU" and not have.get("GPU") else ""
+            who = f"{count} {what}{'s need' if count > 1 else ' needs'}"
+            raise ValueError(f"{fields.get(name, fields['*'])}: {who} {amount * count:g} {name} in all, and this "
+                             f"machine's Ray has {have.get(name, 0.0):g}{hint} (it cannot grow; a cluster can, "
+                             f"through RAY_ADDRESS)")
 
 
 def _native_stderr_to_file() -> None:

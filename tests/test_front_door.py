@@ -115,12 +115,15 @@ def _settings(demo_data: Path, **kw) -> TrainSettings:
 
 
 def test_a_data_error_in_the_workers_spends_exactly_one_attempt(ray_cluster, demo_data, tmp_path):
+    """Rank 0 meets bad data, rank 1 a package missing on its machine: neither a retry can fix."""
     log = str(tmp_path / "setups.log")
 
     def bad_data(event: str, rank: int, epoch: int) -> None:
         if event == "setup":
             with open(log, "a") as f:
                 f.write(f"{rank}\n")
+            if rank == 1:
+                raise ModuleNotFoundError("No module named 'torchmetrics' (simulated)")
             raise DataError("photos/x.jpg: corrupt image (simulated)")
 
     with pytest.raises(TrainingError, match=r"^photos/x.jpg: corrupt image \(simulated\)$"):
@@ -145,6 +148,74 @@ def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(ray_cluster, d
     with pytest.raises(TrainingError, match="is a cyclegan run; this run trains dcgan"):
         run_training(dcgan, "same", str(tmp_path / "runs"), hook=count, echo=lambda line: None)
     assert Path(log).read_text().split() == ["0"]  # one attempt
+
+
+def test_workers_this_machine_can_never_place_fail_at_once(demo_data, tmp_path):
+    """`jobs.train --recipe kaggle` (a GPU recipe) on this machine, which has no GPU: exit 2 and one line naming the
+    setting, in seconds, where Ray Train would retry placing its worker for ever, silently. In its own process and
+    Ray, with Ray's dashboard packages hidden (as on a GPU image given a bare Ray): that Ray starts all the same."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hidden:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'aiohttp_cors':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hidden())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-m", "jobs.train", "--recipe", "kaggle", "--data", str(demo_data), "--storage", "runs",
+           "--name", "gpu", "--eval-photos", "8"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: use_gpu (--use-gpu"), err
+    assert "1 training worker needs 1 GPU" in err[0] and "no GPU that Ray sees here" in err[0]
+    assert not (tmp_path / "runs" / "gpu").exists()
+
+
+def test_placement_is_checked_where_ray_cannot_grow(ray_cluster, demo_data, monkeypatch):
+    """The same check for training workers and model actors, naming each setting; a cluster joined through
+    RAY_ADDRESS is not checked (its autoscaler may add the GPU nodes: there the job waits, as Ray does)."""
+    import ray
+    from gan import ray_runtime
+    from gan.batch.pipeline import actor_plan
+    from gan.train.loop import check_settings, check_workers_placeable
+    here = ray.get_runtime_context().gcs_address
+    monkeypatch.setattr(ray_runtime, "_embedded_gcs", here)  # as if this process had started the test Ray (4 CPUs)
+    with pytest.raises(ValueError, match=r"^use_gpu \(--use-gpu\): 1 model actor needs 1 GPU in all, .* has 0: no GPU"):
+        actor_plan(None, None, True)
+    with pytest.raises(ValueError, match=r"^cpus_per_actor \(--cpus-per-actor\): 1 model actor needs 9 CPU .* has 4\b"):
+        actor_plan(1, 9.0, False)
+    with pytest.raises(ValueError, match=r"^actor_resources \(--actor-resources\): .* 1 stylizer in all"):
+        actor_plan(1, 1.0, False, {"stylizer": 1})
+    assert actor_plan(2, 2.0, False).cpus == 2.0  # two actors of 2 CPUs: one is placed now, the other queues
+    five = check_settings(_settings(demo_data, num_workers=5))
+    with pytest.raises(ValueError, match=r"^cpus_per_worker \(--cpus-per-worker\): 5 training workers need 5 CPU"):
+        check_workers_placeable(five)
+    check_workers_placeable(check_settings(_settings(demo_data, num_workers=5, min_workers=2)))  # elastic: 2 fit
+    monkeypatch.setattr(ray_runtime, "_embedded_gcs", "10.0.0.1:6379")  # this Ray joined, not started here: a
+    assert actor_plan(None, None, True).gpus == 1.0                     # cluster may grow, so nothing is refused
+    check_workers_placeable(five)
+
+
+def test_a_score_without_torchmetrics_fails_before_any_work(demo_data, tmp_path, monkeypatch):
+    """Training with the in-training score, or evaluating, where the `metrics` extra is missing: one line at once,
+    not a failure after the first epochs (or the features of every image), retried."""
+    import importlib.util
+    from gan.eval.evaluate import EvalOptions, evaluate
+    from gan.eval.metrics import MetricsUnavailableError
+    from gan.train.loop import check_settings
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchmetrics" else found(name, *a))
+    with pytest.raises(MetricsUnavailableError, match=r"pip install 'gan-art\[metrics\]'.*--eval-photos 0$"):
+        check_settings(_settings(demo_data))
+    assert check_settings(_settings(demo_data, eval_photos=0)).eval_photos == 0  # no score asked for
+    with pytest.raises(MetricsUnavailableError):
+        evaluate(str(demo_data / "photo_jpg"), str(demo_data / "monet_jpg"), None, EvalOptions(features="pixels"),
+                 report_uri=str(tmp_path / "r.json"))
+    assert not (tmp_path / "r.json").exists()
 
 
 def _our_stderr(capsys) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from gan.io.images import BadImageError, decode_image, encode_jpeg
 from gan.io.sources import InputItem, read_input
 from gan.io.storage import Storage, StorageError
-from gan.ray_runtime import ensure_ray
+from gan.ray_runtime import check_placeable, ensure_ray
 
 MAX_BLOCKS = 200
 
@@ -49,10 +49,15 @@ def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool |
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
     if use_gpu if use_gpu is not None else gpus > 0:
-        return ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None, resources or None)
-    actors = actors or 1
-    per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
-    return ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
+        plan = ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None, resources or None)
+    else:
+        actors = actors or 1
+        per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
+        plan = ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
+    check_placeable({"CPU": plan.cpus, "GPU": plan.gpus, **(plan.resources or {})}, 1, "model actor",
+                    {"CPU": "cpus_per_actor (--cpus-per-actor)", "GPU": "use_gpu (--use-gpu)",
+                     "*": "actor_resources (--actor-resources)"})
+    return plan
 
 
 def _per_row(batch: dict, work: Callable[[Row], object]) -> tuple[list, np.ndarray]:

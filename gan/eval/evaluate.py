@@ -15,7 +15,7 @@ import torch
 from gan.batch.pipeline import DecodeStage, Row, actor_plan, run_pipeline
 from gan.eval.features import extract, make_extractor
 from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
-from gan.eval.metrics import mifid
+from gan.eval.metrics import mifid, require_metrics
 from gan.io.naming import safe_stem
 from gan.train.samples import grid_png
 from gan.io.sources import Rejected, is_zip, read_input, scan_uri
@@ -124,7 +124,8 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
              report_uri: str | None = None) -> dict:
     start = time.monotonic()
     storage, report_name, sheet_name = report_location(generated, report_uri)  # a bad place fails first
-    extractor = make_extractor(opts.features, opts.inception_weights).name  # missing weights fail here, first
+    require_metrics()  # missing packages and weights fail here, first, not after the features
+    extractor = make_extractor(opts.features, opts.inception_weights).name
     g_names, g_feats, g_rej = features_of(generated, opts, "generated", strict=is_zip(generated))
     r_names, r_feats, r_rej = features_of(real, opts, "real")
     t_names, t_feats = r_names, r_feats

@@ -19,6 +19,19 @@ import torch
 EPSILON = 0.1
 
 
+class MetricsUnavailableError(ValueError):
+    """Scoring was asked for where torchmetrics (the `metrics` extra) is not installed: the same on every retry."""
+
+
+def require_metrics() -> None:
+    """Fail before any work, in one line, where a score could not be computed at the end (found, not imported)."""
+    import importlib.util
+    if importlib.util.find_spec("torchmetrics") is None:
+        raise MetricsUnavailableError("FID and MiFID need torchmetrics: pip install 'gan-art[metrics]' (or "
+                                      "torchmetrics and scipy); to train without the in-training score, "
+                                      "--eval-photos 0")
+
+
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) covariance in float64."""
     f = torch.as_tensor(np.asarray(features), dtype=torch.float64)

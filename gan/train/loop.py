@@ -23,6 +23,7 @@ import torch
 from ray.train import UserCallback
 
 from gan.checkpoint import from_bytes, generator_checkpoint, to_bytes
+from gan.eval.metrics import require_metrics
 from gan.io.images import BadImageError, decode_image
 from gan.models.registry import get_model
 from gan.models.layers import PRECISIONS, check_compile
@@ -151,6 +152,8 @@ def check_settings(settings: TrainSettings) -> TrainSettings:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     check_compile(settings.compile)
     settings.build_model_config()
+    if settings.eval_photos > 0:
+        require_metrics()
     validate_data(settings)
     return settings
 
@@ -175,6 +178,17 @@ def per_worker_resources(settings: TrainSettings) -> dict:
     if settings.use_gpu:
         res["GPU"] = settings.gpus_per_worker
     return res
+
+
+def check_workers_placeable(settings: TrainSettings) -> None:
+    """At once, in the driver: workers that this Ray can never place (see `ray_runtime.check_placeable`)."""
+    from gan.ray_runtime import check_placeable
+    count = worker_count(settings)
+    check_placeable(per_worker_resources(settings), count[0] if isinstance(count, tuple) else count,
+                    "training worker", {"CPU": "cpus_per_worker (--cpus-per-worker)",
+                                         "GPU": "use_gpu (--use-gpu, or a GPU recipe: --recipe kaggle; on a CPU, "
+                                                "--recipe kaggle-cpu)",
+                                         "*": "worker_resources (--worker-resources)"})
 
 
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
@@ -290,6 +304,7 @@ def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     from gan.ray_runtime import ensure_ray
     settings = check_settings(settings)
     ensure_ray()
+    check_workers_placeable(settings)
     try:
         result = fit_with_epochs(settings, name, storage, lambda m: echo(epoch_line(m, settings.epochs)), hook)
     except ray.train.TrainingFailedError as e:
@@ -435,8 +450,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     error, run = "", None
     try:
         run = _setup(settings, hook, rank, world, config.get("start_from"))
-    except ValueError as e:  # bad data, sizes or checkpoint: the same on every attempt
-        error = str(e)
+    except (ValueError, ImportError) as e:  # bad data, sizes or checkpoint, a missing package: the same on every
+        error = str(e)                        # attempt
     error = _setup_errors(error, world)
     if error:
         return {"error": error}

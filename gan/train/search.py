@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw
 from gan.io.storage import open_storage, read_uri, write_uri
 from gan.models.registry import get_model
 from gan.train.loop import (BEST_FILE, BEST_SAMPLES_FILE, GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE,
-                            TrainSettings, check_settings, fit_with_epochs, storage_args, worker_count)
+                            TrainSettings, check_settings, check_workers_placeable, fit_with_epochs, storage_args,
+                            worker_count)
 from gan.train.quality import SCORE, line_plot
 
 DOMAINS = ("choice", "uniform", "loguniform", "randint", "quniform")
@@ -202,6 +203,7 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     base = check_settings(base)
     trial_settings(base, sample).build_model_config()  # a sampled trial's sizes: fail here, not in every trial
     ensure_ray()
+    check_workers_placeable(base)
     root = f"{storage.rstrip('/')}/{name}"
     trials_storage = f"{root}/trials"
     param_space = {**domains, "__base__": asdict(base), "__storage__": trials_storage}
