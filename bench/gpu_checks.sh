@@ -3,19 +3,28 @@
 #
 # usage, on the GPU machine, from the project root, once the device pack is unpacked there
 # (../shared/tools/device-pack.sh here; its setup.sh sourced there):
-#   . .device-pack/setup.sh && bench/gpu_checks.sh PART [PART ...]
-# PARTs, in the order they pay (each bounded by its own timeout; together they overrun one 10-minute call,
-# so send them over several calls, e.g. `tests train`, then `job stylize`, then `evaluate recipe`):
+#   . .device-pack/setup.sh && bench/gpu_checks.sh [--budget SECONDS] PART [PART ...]
+# --budget: the seconds this call may spend on parts; each part's limit is cut to what is left (less a margin
+# for the call's return), and a part that would get under 60 s is skipped, saying so, so the call ends inside
+# the device tool's limit with every finished part's log in $OUT.
+# A lease is 15 minutes of device time, the machine's start and the pack's three transfers included (they take
+# about 3-5 of them), and the machine stays warm 30 s after a call. So: call 1 carries part1 (the start), call 2
+# part2, call 3 part3 and runs, at once,
+#   . .device-pack/setup.sh && bench/gpu_checks.sh --budget 480 tests stylize evaluate train
+# with timeout_s 540; a second lease runs `job` (issue 15's plain loop vs the job) and `recipe`.
+# PARTs, in the order they pay (each bounded by its own limit):
 #   tests     the CUDA sides of the equality tests (GPU decode vs Pillow, data on the device vs the DataLoader),
-#             when pytest is importable there (the pack has no pytest: then says so and skips)
-#   train     bench/train_throughput.py --gpu at the recipe's batch 4: each lever, data in GPU memory, the job (issue 15)
-#   job       the plain loop vs the training job, both with --compile (2 epochs; the job's epoch lines) (issue 15)
+#             when pytest is importable there (the H200 image has it; else it says so and skips)
 #   stylize   bench/stylize_throughput.py --gpu over 1,500 and 6,000 photos: job vs the plain script (issue 14)
 #   evaluate  bench/evaluate_throughput.py on the GPU, 1,500 photos, Inception (issue 14)
-#   recipe    jobs.train --recipe kaggle for up to 9 minutes; each call continues it (issue 11: 35 epochs, ~18 min)
+#   train     bench/train_throughput.py --gpu at the recipe's batch 4: each lever, data in GPU memory (issue 15)
+#   job       the plain loop vs the training job, both with --compile (2 epochs; the job's epoch lines) (issue 15)
+#   recipe    jobs.train --recipe kaggle until the budget ends; each call continues it (issue 11: 35 epochs, ~18 min)
 # Logs go to $OUT (the device tool's folder that comes back) or /tmp/gpu-checks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+budget=100000
+if [ "${1:-}" = --budget ]; then budget=${2:?--budget takes seconds}; shift 2; fi
 out=${OUT:-/tmp/gpu-checks}; mkdir -p "$out"
 : "${PACK_DATA:?source .device-pack/setup.sh first (it sets PACK_DATA and PACK_INCEPTION)}"
 photos=$PACK_DATA/photo_jpg
@@ -24,6 +33,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 run() {  # run NAME SECONDS CMD...: the command's output to $OUT/NAME.log, its table lines and exit code here
   local name=$1 limit=$2; shift 2
+  local left=$((budget - SECONDS - 20))  # 20 s kept for the kill, the grep and the call's return
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 60 ]; then echo "== $name: skipped, ${left} s of the budget left"; return; fi
   local t0=$SECONDS
   echo "== $name (at most $limit s): $*"
   timeout -k 10 "$limit" "$@" > "$out/$name.log" 2>&1

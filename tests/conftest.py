@@ -41,11 +41,17 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def bucket(s3_endpoint, request):
-    """A fresh bucket per test."""
+def s3(s3_endpoint):
+    """A boto3 client of that endpoint (boto3 imported here: a GPU image without it still runs the other tests)."""
     import boto3
+    return boto3.client("s3")
+
+
+@pytest.fixture
+def bucket(s3, request):
+    """A fresh bucket per test."""
     name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:50]
-    boto3.client("s3").create_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name)
     return name
 
 
@@ -61,14 +67,25 @@ def start_shared_ray() -> None:
     Always a new one (`address="local"`): never a cluster that RAY_ADDRESS or another run's `ray start` names."""
     import ray
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-             runtime_env={"env_vars": {**{k: os.environ[k] for k in S3_ENV}, **COMPILE_ENV}})
+    from gan.ray_runtime import DASHBOARD
+    s3_env = {k: os.environ[k] for k in S3_ENV if k in os.environ}  # none on a GPU image without moto
+    ray.init(address="local", num_cpus=4, include_dashboard=DASHBOARD, dashboard_host="127.0.0.1",
+             log_to_driver=True, runtime_env={"env_vars": {**s3_env, **COMPILE_ENV}})
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint):
-    """One local Ray for the session; tests that start their own clusters hand it back (`without_shared_ray`)."""
+def ray_cluster(request):
+    """One local Ray for the session; tests that start their own clusters hand it back (`without_shared_ray`).
+    Its workers reach the S3 endpoint, which starts first; on a machine without moto (the GPU image, where
+    bench/gpu_checks.sh runs the CUDA tests) Ray starts without it and only the S3 tests cannot run."""
+    import importlib
     import ray
+    try:
+        importlib.import_module("moto.server")
+    except ImportError:
+        pass
+    else:
+        request.getfixturevalue("s3_endpoint")
     start_shared_ray()
     yield ray
     ray.shutdown()

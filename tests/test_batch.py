@@ -8,7 +8,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import torch
@@ -100,8 +99,7 @@ def test_stylize_local_with_bad_and_odd_inputs_then_rerun_does_nothing(ray_clust
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_stylize_s3_to_s3_and_tfrecords(ray_cluster, bucket, demo_data, cyclegan_ckpt, tmp_path):
-    s3 = boto3.client("s3")
+def test_stylize_s3_to_s3_and_tfrecords(ray_cluster, s3, bucket, demo_data, cyclegan_ckpt, tmp_path):
     for p in sorted((demo_data / "photo_jpg").glob("*.jpg"))[:10]:
         s3.put_object(Bucket=bucket, Key=f"photos/{p.name}", Body=p.read_bytes())
     s3.upload_file(cyclegan_ckpt, bucket, "models/g.pt")
@@ -212,7 +210,7 @@ def test_generate_is_deterministic_across_actor_counts(ray_cluster, dcgan_ckpt, 
     assert other.report["counts"]["outputs"] == 3
 
 
-def test_zip_checks(tmp_path, bucket, monkeypatch):
+def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
     folder = tmp_path / "imgs"
     write_files(folder, {f"{i}.jpg": (lambda i=i: image_bytes(seed=i)) for i in range(6)})
     (folder / REPORT).write_text("{}")
@@ -221,7 +219,7 @@ def test_zip_checks(tmp_path, bucket, monkeypatch):
     assert not (tmp_path / "images.zip").exists()
     info = assemble(open_storage(str(folder)), f"s3://{bucket}/sub/images.zip", min_images=1)
     assert info["images"] == 6
-    data = boto3.client("s3").get_object(Bucket=bucket, Key="sub/images.zip")["Body"].read()
+    data = s3.get_object(Bucket=bucket, Key="sub/images.zip")["Body"].read()
     assert check_zip(data, "images.zip", min_images=6, max_images=6) == 6
     with monkeypatch.context() as later:  # the same images an hour later: the same bytes (no clock in the entries)
         now = time.time()

@@ -9,7 +9,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import torch
@@ -182,7 +181,7 @@ class CountingStorage(LocalStorage):
         return super().read_range(key, offset, length)
 
 
-def test_oversized_inputs_are_refused_before_reading(tmp_path, bucket):
+def test_oversized_inputs_are_refused_before_reading(tmp_path, s3, bucket):
     big = os.urandom(MAX_BYTES + 1)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -196,7 +195,7 @@ def test_oversized_inputs_are_refused_before_reading(tmp_path, bucket):
         with pytest.raises(ValueError, match=f"over the {MAX_BYTES}-byte limit"):
             read_input(storage, item)
     assert storage.reads == []  # neither the file nor the member was read
-    boto3.client("s3").put_object(Bucket=bucket, Key="p/huge.jpg", Body=big)
+    s3.put_object(Bucket=bucket, Key="p/huge.jpg", Body=big)
     items, _, s3 = scan_uri(f"s3://{bucket}/p")
     assert items[0].size == MAX_BYTES + 1
     with pytest.raises(ValueError, match="over the"):
@@ -214,13 +213,13 @@ def test_reference_paintings_in_a_zip_are_not_checked_as_a_submission(ray_cluste
     assert report["counts"]["real"] == 13
 
 
-def test_pipeline_with_an_s3_workdir_and_no_data_keeps_everything_on_s3(ray_cluster, bucket, tmp_path,
+def test_pipeline_with_an_s3_workdir_and_no_data_keeps_everything_on_s3(ray_cluster, s3, bucket, tmp_path,
                                                                         monkeypatch):
     from jobs import pipeline
     monkeypatch.chdir(tmp_path)
     assert pipeline.main(["--workdir", f"s3://{bucket}/w", "--photos", "12", "--paintings", "6", "--epochs", "1",
                           "--image-size", "32", "--ngf", "8", "--n-blocks", "1", "--features", "pixels"]) == 0
-    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert sum(k.startswith("w/data/photo_jpg/") for k in keys) == 12
     assert {"w/images.zip", "w/generator.pt", "w/images.zip.evaluation.json"} <= keys
     assert list(tmp_path.iterdir()) == []  # nothing written to a local folder named "s3:"

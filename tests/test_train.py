@@ -3,7 +3,6 @@ import json
 import os
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
 from PIL import Image
@@ -87,15 +86,15 @@ def test_two_workers_train_the_weights_of_one_worker_with_the_same_global_batch(
             assert apart < 1e-3 and apart < trained / 100, (net, apart, trained)
 
 
-def test_cyclegan_on_s3_storage_and_tfrecords(ray_cluster, demo_data, bucket, tmp_path):
+def test_cyclegan_on_s3_storage_and_tfrecords(ray_cluster, demo_data, s3, bucket, tmp_path):
     assert run(["--model", "cyclegan", "--photos", str(demo_data / "photo_tfrec"),
                 "--paintings", str(demo_data / "monet_tfrec"), *TINY, "--epochs", "2",
                 "--storage", f"s3://{bucket}/runs", "--name", "cg", "--export", f"s3://{bucket}/models/g.pt"]) == 0
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     for epoch in (0, 1):
         for f in (SAMPLES_FILE, GENERATOR_FILE, "state.pt", HISTORY_FILE):
             assert f"runs/cg/checkpoint_epoch_{epoch:05d}/{f}" in keys
-    data = boto3.client("s3").get_object(Bucket=bucket, Key="models/g.pt")["Body"].read()
+    data = s3.get_object(Bucket=bucket, Key="models/g.pt")["Body"].read()
     assert from_bytes(data, "g.pt").kind == "cyclegan"
 
 
