@@ -179,23 +179,26 @@ def test_placement_is_checked_where_ray_cannot_grow(ray_cluster, demo_data, monk
     RAY_ADDRESS is not checked (its autoscaler may add the GPU nodes: there the job waits, as Ray does)."""
     import ray
     from gan import ray_runtime
-    from gan.batch.pipeline import actor_plan
+    from gan.batch.pipeline import actor_plan, check_plan
     from gan.train.loop import check_settings, check_workers_placeable
     here = ray.get_runtime_context().gcs_address
     monkeypatch.setattr(ray_runtime, "_embedded_gcs", here)  # as if this process had started the test Ray (4 CPUs)
-    with pytest.raises(ValueError, match=r"^use_gpu \(--use-gpu\): 1 model actor needs 1 GPU in all, .* has 0: no GPU"):
-        actor_plan(None, None, True)
-    with pytest.raises(ValueError, match=r"^cpus_per_actor \(--cpus-per-actor\): 1 model actor needs 9 CPU .* has 4\b"):
-        actor_plan(1, 9.0, False)
-    with pytest.raises(ValueError, match=r"^actor_resources \(--actor-resources\): .* 1 stylizer in all"):
-        actor_plan(1, 1.0, False, {"stylizer": 1})
-    assert actor_plan(2, 2.0, False).cpus == 2.0  # two actors of 2 CPUs: one is placed now, the other queues
+    with pytest.raises(ValueError, match=r"^actors, use_gpu \(--actors, --use-gpu\): 1 model actor needs 1 GPU in all, "
+                                         r".* has 0: no GPU"):
+        check_plan(actor_plan(None, None, True), 0.5)
+    with pytest.raises(ValueError, match=r"^actors x cpus_per_actor \(--actors, --cpus-per-actor\) and 0.5 CPU for the "
+                                         r"decode and write tasks: 4 model actors need 4.5 CPU in all, .* has 4\b"):
+        check_plan(actor_plan(4, None, False), 0.5)  # every CPU an actor's: the tasks beside them would never run
+    with pytest.raises(ValueError, match=r"^actor_resources \(--actor-resources\): 1 model actor needs 1 stylizer"):
+        check_plan(actor_plan(1, 1.0, False, {"stylizer": 1}), 0.5)
+    check_plan(actor_plan(3, None, False), 0.5)
+    check_plan(actor_plan(4, None, False), 0.0)  # no task beside them (evaluate decodes in its actors)
     five = check_settings(_settings(demo_data, num_workers=5))
     with pytest.raises(ValueError, match=r"^cpus_per_worker \(--cpus-per-worker\): 5 training workers need 5 CPU"):
         check_workers_placeable(five)
     check_workers_placeable(check_settings(_settings(demo_data, num_workers=5, min_workers=2)))  # elastic: 2 fit
     monkeypatch.setattr(ray_runtime, "_embedded_gcs", "10.0.0.1:6379")  # this Ray joined, not started here: a
-    assert actor_plan(None, None, True).gpus == 1.0                     # cluster may grow, so nothing is refused
+    check_plan(actor_plan(None, None, True), 0.5)                      # cluster may grow, so nothing is refused
     check_workers_placeable(five)
 
 

@@ -49,15 +49,21 @@ def actor_plan(actors: int | None, cpus_per_actor: float | None, use_gpu: bool |
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
     if use_gpu if use_gpu is not None else gpus > 0:
-        plan = ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None, resources or None)
-    else:
-        actors = actors or 1
-        per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
-        plan = ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
-    check_placeable({"CPU": plan.cpus, "GPU": plan.gpus, **(plan.resources or {})}, 1, "model actor",
-                    {"CPU": "cpus_per_actor (--cpus-per-actor)", "GPU": "use_gpu (--use-gpu)",
-                     "*": "actor_resources (--actor-resources)"})
-    return plan
+        return ActorPlan(actors or max(1, gpus), cpus_per_actor or 1.0, 1.0, None, resources or None)
+    actors = actors or 1
+    per = cpus_per_actor or max(1.0, (cpus - 1) / actors)
+    return ActorPlan(actors, per, 0.0, max(1, int(per)), resources or None)
+
+
+def check_plan(plan: ActorPlan, spare_cpus: float) -> None:
+    """Refuse at once a pool that this Ray can never run: its fixed-size pool waits for every actor, and the
+    decode and write tasks beside it need `spare_cpus` (with every CPU taken by actors they never run): either
+    way Ray Data would wait for ever, silently (see `ray_runtime.check_placeable`)."""
+    each = {"CPU": plan.cpus + spare_cpus / plan.actors, "GPU": plan.gpus, **(plan.resources or {})}
+    spare = f" and {spare_cpus:g} CPU for the decode and write tasks" if spare_cpus else ""
+    check_placeable(each, plan.actors, "model actor",
+                    {"CPU": f"actors x cpus_per_actor (--actors, --cpus-per-actor){spare}",
+                     "GPU": "actors, use_gpu (--actors, --use-gpu)", "*": "actor_resources (--actor-resources)"})
 
 
 def _per_row(batch: dict, work: Callable[[Row], object]) -> tuple[list, np.ndarray]:
@@ -170,6 +176,7 @@ def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPl
     threads, which then wait for each other; decoding in the actor, then computing, is the plain loop's order."""
     import ray
     ensure_ray()
+    check_plan(plan, 0.5 if write is not None or (decode is not None and not decode_in_actor) else 0.0)
     records = [{"row": r, "error": ""} for r in rows]
     ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(rows) // batch_size, MAX_BLOCKS)))
     model_kwargs = {**actor_kwargs, "threads": plan.threads}
