@@ -450,8 +450,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     error, run = "", None
     try:
         run = _setup(settings, hook, rank, world, config.get("start_from"))
-    except (ValueError, ImportError) as e:  # bad data, sizes or checkpoint, a missing package: the same on every
-        error = str(e)                        # attempt
+    except (ValueError, ImportError) as e:  # bad data, sizes, checkpoint, a missing package: every attempt alike
+        error = str(e)
     error = _setup_errors(error, world)
     if error:
         return {"error": error}
