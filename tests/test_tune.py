@@ -110,9 +110,12 @@ def test_pbt_hands_the_best_trials_weights_to_the_worst(ray_cluster, demo_data, 
     report = json.loads((out / "p" / REPORT_JSON).read_text())
     trials = report["trials"]
     assert report["scheduler"] == "pbt" and len(trials) == 2
+    # each trial is reported as itself, though PBT restores one from the other's checkpoint, after which Tune
+    # gives it that trial's last result (and Tune's per-trial result files can lose rows across the restarts)
+    names = {t["trial"] for t in trials}
+    assert len(names) == 2
     continued = [t for t in trials if t["continued_from"]]
     assert continued, "PBT handed no trial another's weights"
-    names = {t["trial"] for t in trials}
     for t in continued:
         assert set(t["continued_from"]) <= names - {t["trial"]}
         assert [e for e, _ in t["curve"]] == [1, 2]  # the donor's epoch, then its own: each once

@@ -5,7 +5,8 @@ settings, calls `fit()` and forwards every epoch's metrics (MiFID included) to T
 names the epoch's Train checkpoint. ASHA stops trials that trail; population-based training (PBT) hands the
 best trials' weights to the worst with perturbed settings. Each trial's training run is named after the trial
 and checkpoints into the search's storage, so a search rerun with the same name restores the Tune experiment
-and every unfinished trial continues from its last epoch checkpoint.
+and every unfinished trial continues from its last epoch checkpoint. The comparison reads each trial's own record
+(`records/<trial>.json`: its latest Train checkpoint and settings), not Tune's results, which PBT's restores blur.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def trial_settings(base: TrainSettings, config: dict) -> TrainSettings:
 
 EPOCHS_DONE = "epochs_done"  # the schedulers' clock: 1 after the first epoch ("epoch" counts from 0)
 POINTER_FILE = "train_checkpoint.json"  # a Tune checkpoint: where the trial's Train checkpoint of that epoch is
+RECORDS_DIR = "records"  # beside the trials: one JSON per trial, its latest saved weights and their settings
 # what a population-based search may change while a trial trains (its sizes cannot: the weights carry on)
 PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
 
@@ -83,7 +85,7 @@ PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
 def _own_run(trial_id: str, train_checkpoint: str) -> str | None:
     """The Train run name when a Tune checkpoint points into one of this trial's own runs (a restored search)."""
     run = Path(train_checkpoint.rstrip("/")).parent.name
-    return run if run == trial_id or run.startswith(trial_id + "-from-") else None
+    return run if _trial_of(run) == trial_id else None
 
 
 def run_trial(config: dict) -> None:
@@ -97,27 +99,32 @@ def run_trial(config: dict) -> None:
     import ray.tune
     trial_id = ray.tune.get_context().get_trial_id()
     base = TrainSettings(**config.pop("__base__"))
-    storage = config.pop("__storage__")
+    storage, records = config.pop("__storage__"), open_storage(config.pop("__records__"))
     settings = trial_settings(base, config)
     name, start_from, donor = trial_id, None, None
+    reported = None  # the Train checkpoint that holds this trial's latest saved weights
     tune_checkpoint = ray.tune.get_checkpoint()
     if tune_checkpoint is not None:
         with tune_checkpoint.as_directory() as d:
             pointer = json.loads((Path(d) / POINTER_FILE).read_text())
         if pointer.get("epoch", -1) + 1 >= settings.epochs:
             return  # handed a finished trial's last checkpoint (PBT's last round): nothing is left to train
+        reported = pointer["path"]
         own = _own_run(trial_id, pointer["path"])
         if own:
             name = own
         else:
             donor, start_from = pointer["trial"], pointer["path"]
             name = f"{trial_id}-from-{hashlib.sha1(start_from.encode()).hexdigest()[:8]}"
-    reported = None  # the Train checkpoint of this trial's last report
 
     def forward(m: dict) -> None:
         nonlocal reported
         path = m.pop("checkpoint")
-        reported = _report(m, path and _uri(path, storage), name, trial_id, donor) or reported
+        path = path and _uri(path, storage)
+        reported = path or reported
+        if reported:  # first: Tune may pause or stop the trial (kill its process) while it reports
+            _write_record(records, trial_id, name, reported, config)
+        _report(m, path, reported, name, trial_id, donor)
 
     result = fit_with_epochs(settings, name, storage, forward, start_from=start_from, lockstep=True)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
@@ -126,22 +133,32 @@ def run_trial(config: dict) -> None:
     if latest and latest != reported and result.metrics:
         # the search was interrupted after Train's last checkpoint but before Tune recorded it: the rejoined run
         # had nothing left to train, so its last epoch is reported now
-        _report(dict(result.metrics), latest, name, trial_id, donor)
+        _write_record(records, trial_id, name, latest, config)
+        _report(dict(result.metrics), latest, latest, name, trial_id, donor)
 
 
-def _report(m: dict, path: str | None, run: str, trial_id: str, donor: str | None) -> str | None:
-    """One epoch to Tune; with a Train checkpoint, a Tune checkpoint naming it. Returns that path."""
+def _write_record(records, trial_id: str, run: str, checkpoint: str, config: dict) -> None:
+    """The trial's own record, which the comparison reads: its latest saved weights and the settings they trained
+    with. Not Tune's view of the trial: a trial PBT restores from another's checkpoint takes that trial's last
+    result as its own, and Tune's per-trial result files can lose rows or columns when a trial is restarted."""
+    record = {"trial": trial_id, "run": run, "checkpoint": checkpoint, "settings": config}
+    records.write(f"{trial_id}.json", json.dumps(record, default=str).encode())
+
+
+def _report(m: dict, path: str | None, latest: str | None, run: str, trial_id: str, donor: str | None) -> None:
+    """One epoch to Tune, naming the Train checkpoint of the trial's latest saved weights (`latest`); with this
+    epoch's own Train checkpoint (`path`), a Tune checkpoint pointing at it."""
     import tempfile
 
     import ray.tune
-    metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": run, **({"continued_from": donor} if donor else {})}
+    metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": run, **({"continued_from": donor} if donor else {}),
+               **({"checkpoint_path": latest} if latest else {})}
     if not path:
         ray.tune.report(metrics)
-        return None
+        return
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / POINTER_FILE).write_text(json.dumps({"path": path, "trial": trial_id, "epoch": m["epoch"]}))
-        ray.tune.report({**metrics, "checkpoint_path": path}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-    return path
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
 def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
@@ -206,7 +223,8 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     check_workers_placeable(base)
     root = f"{storage.rstrip('/')}/{name}"
     trials_storage = f"{root}/trials"
-    param_space = {**domains, "__base__": asdict(base), "__storage__": trials_storage}
+    param_space = {**domains, "__base__": asdict(base), "__storage__": trials_storage,
+                   "__records__": f"{root}/{RECORDS_DIR}"}
     # the trial is only a driver (it waits on its TorchTrainer); the training workers ask for their own resources
     trainable = tune.with_resources(run_trial, {"CPU": 0.05})
     where = storage_args(root)  # Tune's experiment state beside the trials: local or s3://
@@ -229,8 +247,8 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
             run_config=tune.RunConfig(name="tune", verbose=0, **where),
         )
         resumed = False
-    results = tuner.fit()
-    return comparison(results, root, time.monotonic() - started, resumed, opts.scheduler)
+    tuner.fit()
+    return comparison(root, time.monotonic() - started, resumed, opts.scheduler)
 
 
 def _allowed(base: TrainSettings) -> set[str]:
@@ -242,29 +260,30 @@ def _allowed(base: TrainSettings) -> set[str]:
 
 # --- the comparison ---------------------------------------------------------------------------------
 
-def comparison(results, root: str, seconds: float, resumed: bool, scheduler: str = "asha") -> dict:
+def comparison(root: str, seconds: float, resumed: bool, scheduler: str = "asha") -> dict:
     """Rank the trials by their best score; write report.json, report.md, samples.png, curves.png and the best
-    trial's generator beside the trials."""
+    trial's generator beside the trials.
+
+    Each trial's record names its latest Train checkpoint, whose history is the trial's curve: every epoch, also
+    those before a resumed search and, under PBT, those of the trials whose weights it continued."""
     trials = []
-    for r in results:
-        df = r.metrics_dataframe
-        reports = [] if df is None else df.to_dict("records")  # what this trial reported to Tune
-        ckpt_dir = next((_uri(h["checkpoint_path"], root) for h in reversed(reports)
-                         if isinstance(h.get("checkpoint_path"), str)), None)
-        donors = sorted({h["continued_from"] for h in reports if isinstance(h.get("continued_from"), str)})  # PBT
-        trial_id = next((h["trial_id"] for h in reversed(reports) if isinstance(h.get("trial_id"), str)), None)
-        # the run's own history (every epoch, also those before a resumed search or, under PBT, those of the
-        # trial whose weights it continued) is the record; Tune's rows only cover what this Tune session saw
-        rows = reports
-        if ckpt_dir and open_storage(ckpt_dir).exists(HISTORY_FILE):
-            rows = json.loads(open_storage(ckpt_dir).read(HISTORY_FILE))
+    records = open_storage(f"{root}/{RECORDS_DIR}")
+    for key in records.list():
+        if not key.endswith(".json"):
+            continue
+        record = json.loads(records.read(key))
+        trial_id, ckpt_dir = record["trial"], record["checkpoint"]
+        rows = json.loads(open_storage(ckpt_dir).read(HISTORY_FILE))
         history = [h for h in rows if SCORE in h and h[SCORE] == h[SCORE]]  # NaN: epochs not scored
         if not history:
             continue
+        # PBT: the other trials whose runs trained epochs of this trial's weights, in the order they did
+        lineage = [_trial_of(h["run"]) for h in rows if isinstance(h.get("run"), str)]
+        donors = [t for t in dict.fromkeys(lineage) if t != trial_id]
         best = min(history, key=lambda h: h[SCORE])
-        config = {k: v for k, v in r.config.items() if not k.startswith("__")}
+        config = {k: v for k, v in record["settings"].items() if not k.startswith("__")}
         trials.append({
-            "trial": trial_id or Path(r.path or "?").name,
+            "trial": trial_id,
             SCORE: best[SCORE], "fid": best.get("fid"), "best_epoch": int(best["epoch"]) + 1,
             "epochs": int(max(h["epoch"] for h in history)) + 1,
             "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
@@ -291,6 +310,12 @@ def comparison(results, root: str, seconds: float, resumed: bool, scheduler: str
     out.write(REPORT_JSON, json.dumps(report, indent=1, default=str).encode())
     out.write(REPORT_MD, markdown(report).encode())
     return report
+
+
+def _trial_of(run: str) -> str:
+    """The trial a Train run belongs to: its own run is named by its id, the runs it starts from another
+    trial's weights `<id>-from-<hash>`."""
+    return run.split("-from-")[0]
 
 
 def _uri(path: str, root: str) -> str:
