@@ -455,11 +455,11 @@ def train_loop_per_worker(config: dict) -> dict | None:
     error = _setup_errors(error, world)
     if error:
         return {"error": error}
-    nodes = _node_count(world)
+    nodes, name = _node_count(world), ctx.get_experiment_name()
 
     for epoch in range(run.start_epoch, settings.epochs):
         metrics = {**_train_epoch(settings, run, hook, epoch, rank, world), "workers": world, "nodes": nodes,
-                   "run": ctx.get_experiment_name()}  # which run trained it: a history carried on (PBT) says so
+                   "run": name}  # which run trained the epoch: a history carried on (PBT) says so
         last = epoch == settings.epochs - 1
         if run.evaluator is not None and ((epoch + 1) % settings.eval_every == 0 or last):
             metrics.update(_evaluate(settings, run, epoch))

@@ -101,8 +101,8 @@ def run_trial(config: dict) -> None:
     base = TrainSettings(**config.pop("__base__"))
     storage, records = config.pop("__storage__"), open_storage(config.pop("__records__"))
     settings = trial_settings(base, config)
-    name, start_from, donor = trial_id, None, None
-    reported = None  # the Train checkpoint that holds this trial's latest saved weights
+    name, start_from = trial_id, None
+    reported = None  # the Train checkpoint that Tune last saw for this trial
     tune_checkpoint = ray.tune.get_checkpoint()
     if tune_checkpoint is not None:
         with tune_checkpoint.as_directory() as d:
@@ -114,17 +114,16 @@ def run_trial(config: dict) -> None:
         if own:
             name = own
         else:
-            donor, start_from = pointer["trial"], pointer["path"]
+            start_from = pointer["path"]
             name = f"{trial_id}-from-{hashlib.sha1(start_from.encode()).hexdigest()[:8]}"
 
     def forward(m: dict) -> None:
         nonlocal reported
         path = m.pop("checkpoint")
-        path = path and _uri(path, storage)
-        reported = path or reported
-        if reported:  # first: Tune may pause or stop the trial (kill its process) while it reports
-            _write_record(records, trial_id, name, reported, config)
-        _report(m, path, reported, name, trial_id, donor)
+        if path:  # the record first: Tune may pause or stop the trial (kill its process) while it reports
+            path = reported = _uri(path, storage)
+            _write_record(records, trial_id, path, config)
+        _report(m, path, trial_id)
 
     result = fit_with_epochs(settings, name, storage, forward, start_from=start_from, lockstep=True)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
@@ -133,32 +132,31 @@ def run_trial(config: dict) -> None:
     if latest and latest != reported and result.metrics:
         # the search was interrupted after Train's last checkpoint but before Tune recorded it: the rejoined run
         # had nothing left to train, so its last epoch is reported now
-        _write_record(records, trial_id, name, latest, config)
-        _report(dict(result.metrics), latest, latest, name, trial_id, donor)
+        _write_record(records, trial_id, latest, config)
+        _report(dict(result.metrics), latest, trial_id)
 
 
-def _write_record(records, trial_id: str, run: str, checkpoint: str, config: dict) -> None:
+def _write_record(records, trial_id: str, checkpoint: str, config: dict) -> None:
     """The trial's own record, which the comparison reads: its latest saved weights and the settings they trained
     with. Not Tune's view of the trial: a trial PBT restores from another's checkpoint takes that trial's last
     result as its own, and Tune's per-trial result files can lose rows or columns when a trial is restarted."""
-    record = {"trial": trial_id, "run": run, "checkpoint": checkpoint, "settings": config}
+    record = {"trial": trial_id, "checkpoint": checkpoint, "settings": config}
     records.write(f"{trial_id}.json", json.dumps(record, default=str).encode())
 
 
-def _report(m: dict, path: str | None, latest: str | None, run: str, trial_id: str, donor: str | None) -> None:
-    """One epoch to Tune, naming the Train checkpoint of the trial's latest saved weights (`latest`); with this
-    epoch's own Train checkpoint (`path`), a Tune checkpoint pointing at it."""
+def _report(m: dict, path: str | None, trial_id: str) -> None:
+    """One epoch to Tune (its metrics name the run that trained it); with a Train checkpoint, a Tune checkpoint
+    naming it."""
     import tempfile
 
     import ray.tune
-    metrics = {**m, EPOCHS_DONE: m["epoch"] + 1, "run": run, **({"continued_from": donor} if donor else {}),
-               **({"checkpoint_path": latest} if latest else {})}
+    metrics = {**m, EPOCHS_DONE: m["epoch"] + 1}
     if not path:
         ray.tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / POINTER_FILE).write_text(json.dumps({"path": path, "trial": trial_id, "epoch": m["epoch"]}))
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        ray.tune.report({**metrics, "checkpoint_path": path}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
 def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
@@ -281,14 +279,13 @@ def comparison(root: str, seconds: float, resumed: bool, scheduler: str = "asha"
         lineage = [_trial_of(h["run"]) for h in rows if isinstance(h.get("run"), str)]
         donors = [t for t in dict.fromkeys(lineage) if t != trial_id]
         best = min(history, key=lambda h: h[SCORE])
-        config = {k: v for k, v in record["settings"].items() if not k.startswith("__")}
         trials.append({
             "trial": trial_id,
             SCORE: best[SCORE], "fid": best.get("fid"), "best_epoch": int(best["epoch"]) + 1,
             "epochs": int(max(h["epoch"] for h in history)) + 1,
             "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
             "images_per_s": round(sum(h.get("images_per_s", 0.0) for h in history) / len(history), 2),
-            "stopped_early": None, "settings": config,
+            "stopped_early": None, "settings": record["settings"],
             "curve": [[int(h["epoch"]) + 1, h[SCORE]] for h in history], "checkpoint": ckpt_dir,
             "continued_from": donors,
         })
