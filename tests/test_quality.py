@@ -120,7 +120,8 @@ def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     cfg = s.build_model_config()
     assert (cfg.residual, cfg.preprocess, cfg.upsample, cfg.lambda_cycle, cfg.lambda_identity, cfg.diffaugment) == (
         True, "crop", "resize", 1.0, 0.0, "translation,cutout")
-    assert cfg.ngf == 8 and s.eval_every == 1 and s.cpus_per_worker == 2.0 and (s.epochs, cfg.decay_epochs) == (8, 4)
+    assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.eval_every == 2 and s.cpus_per_worker == 2.0
+    assert (s.epochs, cfg.decay_epochs) == (16, 8)  # the LR decays over the second half
     _, g = train_job.parse(["--recipe", "kaggle", "--data", "d", "--epochs", "2"])  # the GPU recipe: full size
     cfg = g.build_model_config()
     assert (cfg.image_size, cfg.ngf, cfg.n_blocks, cfg.upsample, cfg.residual, cfg.ema) == (256, 64, 9, "resize", True, 0.999)
