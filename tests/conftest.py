@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT.parent / "shared" / "data" / "gan-getting-started"
 # The tests run their own Rays; a RAY_ADDRESS from the shell would send the jobs they start to another cluster.
 os.environ.pop("RAY_ADDRESS", None)
+# Ray Train's controller looks at its workers every 2 s, so a run ends up to 2 s after its last epoch; the suite's
+# ~40 tiny runs (and the jobs its tests start in subprocesses, which inherit this) look every 0.25 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 def free_port() -> int:
