@@ -65,7 +65,8 @@ def plain_loop(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: 
 
 def ray_train(data: str, cfg: CycleGANConfig, batch: int, steps: int, threads: int, storage: str) -> tuple[float, float]:
     import ray
-    from gan.train.loop import TrainSettings, check_settings, make_trainer
+    from gan.train.driver import make_trainer
+    from gan.train.settings import TrainSettings, check_settings
     ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     settings = TrainSettings(model="cyclegan", photos=f"{data}/photo_jpg", paintings=f"{data}/monet_jpg",
                              epochs=2, batch_size=batch, num_workers=1, cpus_per_worker=threads,
@@ -140,7 +141,9 @@ def gpu_job(photos: str, batch: int, steps: int, storage: str, compile: str | No
     (both compiled with `compile`); then the job's own epoch lines (images/s, peak GPU memory, graphs compiled)."""
     import json
     import ray
-    from gan.train.loop import HISTORY_FILE, TrainSettings, check_settings, make_trainer
+    from gan.train.driver import make_trainer
+    from gan.train.run_checkpoint import HISTORY_FILE
+    from gan.train.settings import TrainSettings, check_settings
     paintings = str(Path(photos).parent / "monet_jpg")
     trainer = CycleGANTrainer(CycleGANConfig(), "cuda", compile=compile)  # the job's defaults on CUDA
     plain, _ = timed_steps(trainer, endless(loader(photos, paintings, 256, batch, workers=6)), steps, batch)

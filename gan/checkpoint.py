@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from gan.models.registry import MODELS, get_model
+from gan.models.registry import get_model, known
 
 FORMAT = "gan-generator/1"
 
@@ -23,7 +23,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class GeneratorCheckpoint:
-    kind: str                 # a key of gan.models.registry.MODELS: "cyclegan" (photo -> Monet), "dcgan" (noise)
+    kind: str                 # a model kind of gan.models.registry: "cyclegan", "cut" (photo -> Monet), "dcgan" (noise)
     config: dict              # the model's config (CycleGANConfig / DCGANConfig fields)
     state_dict: dict
     epoch: int = 0
@@ -75,8 +75,8 @@ def from_bytes(data: bytes, source: str = "<bytes>", expect_kind: str | None = N
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{source}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
     kind = meta.get("kind")
-    if kind not in MODELS:
-        raise CheckpointError(f"{source}: field 'kind' is {kind!r}, expected one of {tuple(MODELS)}")
+    if kind not in known():
+        raise CheckpointError(f"{source}: field 'kind' is {kind!r}, expected one of {tuple(known())}")
     if expect_kind is not None and kind != expect_kind:
         raise CheckpointError(f"{source}: this is a {kind} generator, but this job needs a {expect_kind} generator")
     ckpt = GeneratorCheckpoint(kind, meta["config"], obj["state_dict"], meta.get("epoch", 0), meta.get("step", 0),

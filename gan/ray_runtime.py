@@ -66,6 +66,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         set_verbose(False)  # ray.init configures Ray's loggers again
 
 
+def shutdown_embedded() -> None:
+    """Shut down the Ray this process started itself (waiting for its workers to exit); leave a joined one alone."""
+    import ray
+    if ray.is_initialized() and _embedded_gcs is not None and ray.get_runtime_context().gcs_address == _embedded_gcs:
+        ray.shutdown()
+
+
 def check_placeable(each: dict[str, float], count: int, what: str, fields: dict[str, str]) -> None:
     """Fail at once, naming the setting, when `count` `what`s (each asking Ray for `each`) can never be placed.
 

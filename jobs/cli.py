@@ -8,7 +8,8 @@ from typing import Callable
 
 from gan.batch.engine import BatchOptions, JobResult, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
-from gan.io.storage import StorageError, open_storage, resolve_uri
+from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, open_storage, resolve_uri,
+                            set_retry_window)
 from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
@@ -45,10 +46,24 @@ def resources(value: str) -> dict:
     return parsed
 
 
+class _RetryWindow(argparse.Action):
+    """--storage-retry: applied as it is parsed, before any storage is opened (the storages carry it to workers)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            set_retry_window(value)
+        except ValueError as e:
+            parser.error(str(e))
+        setattr(namespace, self.dest, value)
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own logs and workers' output, and tracebacks with errors")
+    p.add_argument("--storage-retry", type=float, metavar="SECONDS", action=_RetryWindow,
+                   help="how long an S3 request keeps retrying an outage, throttling or a 5xx before the job stops "
+                        "(default 60; $GAN_STORAGE_RETRY_S)")
     return p
 
 
@@ -59,18 +74,35 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     """
     args = sys.argv[1:] if argv is None else argv
     set_verbose("--verbose" in args)
+    _sigterm_as_interrupt()
     try:
         return main(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the job stopped what it was doing and says how far it got
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place that turns any error into a line and an exit code
         if is_verbose():
             traceback.print_exc()
+        if isinstance(e, (StorageUnavailableError, StorageFullError)):  # fixed outside the job: a rerun continues
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
         bad_input = isinstance(e, (ValueError, StorageError, FileNotFoundError))
         hint = "" if is_verbose() else " (--verbose shows the traceback)"
         print(f"error: {e}" + ("" if bad_input else f" [{type(e).__name__}]{hint}"), file=sys.stderr)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (`kill`, `ray job stop`, a cluster scaling down) stops a job the way Ctrl-C does: it cleans up and
+    says how far it got, instead of dying mid-write. Only in the main thread (where signals can be handled)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:
@@ -91,6 +123,9 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="--output holds another job's outputs: delete them and run this job (default: refuse)")
+    p.add_argument("--verify-inputs", action="store_true",
+                   help="stylize, local inputs: digest every file again (default: only files whose size, mtime or "
+                        "inode changed since the job's last run)")
     add_zip_args(p, flag="--zip")
 
 
@@ -105,7 +140,8 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(checkpoint=args.checkpoint, output=open_storage(args.output), batch_size=args.batch_size,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, actor_resources=args.actor_resources,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress,
-                        compile=args.compile, device_jpeg=args.device_jpeg, overwrite=args.overwrite)
+                        compile=args.compile, device_jpeg=args.device_jpeg, overwrite=args.overwrite,
+                        verify_inputs=args.verify_inputs)
 
 
 def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:

@@ -1,4 +1,5 @@
-"""The whole flow on one machine or a cluster: data -> train CycleGAN -> stylize every photo -> images.zip -> MiFID.
+"""The whole flow on one machine or a cluster: data -> train a photo -> Monet generator -> stylize every photo ->
+images.zip -> MiFID.
 
 python -m jobs.pipeline --workdir demo                      # synthetic data, small model, a few minutes on a laptop
 python -m jobs.pipeline --workdir run --data ../shared/data/gan-getting-started   # real data: --recipe kaggle-cpu
@@ -14,20 +15,22 @@ import time
 from pathlib import Path
 
 from gan.batch.engine import BatchOptions, summary_line
-from jobs.cli import location, parser, run_main
-from jobs.train import RECIPES, settings_from
-from gan.train.demo_data import write_demo_data
+from gan.batch.stylize import stylize
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
 from gan.eval.evaluate import EvalOptions, evaluate
 from gan.eval.evaluate import summary_line as eval_line
 from gan.eval.features import MissingWeightsError, find_inception
 from gan.io.storage import open_storage, write_uri
-from gan.batch.stylize import stylize
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
-from gan.train.loop import BEST_FILE, GENERATOR_FILE, TrainSettings, run_training
+from gan.train.demo_data import write_demo_data
+from gan.train.driver import run_training
+from gan.train.recipes import RECIPES
+from gan.train.run_checkpoint import BEST_FILE, GENERATOR_FILE
+from gan.train.settings import TrainSettings
+from jobs.cli import location, parser, run_main
 
 STAGES = 5
 # Synthetic demo data: a model that trains in a minute or two. Real data (--data) starts from a measured recipe.
-DEMO = {"epochs": 3, "image_size": 64, "ngf": 16, "n_blocks": 2, "batch_size": 4}
+DEMO = {"model": "cut", "epochs": 3, "image_size": 64, "ngf": 16, "n_blocks": 2, "batch_size": 4}
 OVERRIDES = ("epochs", "image_size", "ngf", "n_blocks", "batch_size", "eval_photos")
 
 
@@ -40,8 +43,8 @@ def train_settings(args: argparse.Namespace, photos: str, paintings: str) -> Tra
     chosen.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     chosen.setdefault("ndf", max(8, chosen["ngf"]))
     chosen["use_gpu"] = args.use_gpu or chosen.get("use_gpu", False)
-    return settings_from(chosen, model="cyclegan", photos=photos, paintings=paintings, num_workers=args.num_workers,
-                         eval_features=args.features or "auto")
+    return TrainSettings.from_flat(chosen, photos=photos, paintings=paintings, num_workers=args.num_workers,
+                                   eval_features=args.features or "auto")
 
 
 class Stage:
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = train_settings(args, photos, paintings)
     checkpoint = f"{work}/generator.pt"
-    with Stage(2, f"train CycleGAN, {settings.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
+    with Stage(2, f"train {settings.model}, {settings.epochs} epochs", f"{work}/runs/pipeline, {checkpoint}"):
         result = run_training(settings, "pipeline", f"{work}/runs")
         with result.checkpoint.as_directory() as d:
             best = Path(d) / BEST_FILE  # the best-scoring epoch's generator when training scored itself

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from gan.train.search import REPORT_MD, SearchError, SearchOptions, export_best, run_search
+from gan.train.settings import TrainSettings, model_fields, run_fields
 from jobs.cli import location, parser, run_main
-from jobs.train import MODEL_FLAGS, RUN_FLAGS, data_sources, settings_from
+from jobs.train import data_sources
 
 
 def duration(value: str) -> float:
@@ -37,7 +38,7 @@ def load_space(path: str) -> tuple[dict, dict]:
     if not isinstance(doc, dict) or not isinstance(doc.get("space"), dict) or not doc["space"]:
         raise SearchError(f"{path}: expected a mapping with a non-empty 'space:' (and optionally 'base:')")
     base = doc.get("base") or {}
-    unknown = set(base) - set(MODEL_FLAGS) - set(RUN_FLAGS) - {"model"}
+    unknown = set(base) - set(model_fields()) - set(run_fields())
     if unknown:
         raise SearchError(f"{path}: base: unknown settings: {', '.join(sorted(unknown))}")
     return base, doc["space"]
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=location, help="copy the best trial's generator here")
     args = p.parse_args(argv)
     base, space = load_space(args.space)
-    settings = settings_from(base, **data_sources(args))
+    settings = TrainSettings.from_flat(base, **data_sources(args))
     opts = SearchOptions(trials=args.trials, time_budget_s=args.time_budget, scheduler=args.scheduler,
                          gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                          grace_epochs=args.grace_epochs, perturbation_epochs=args.perturbation_epochs)

@@ -21,7 +21,7 @@ from gan.batch.generate import generate
 from gan.io.images import decode_image, encode_jpeg
 from gan.io.naming import output_names, safe_stem
 from gan.io.storage import StorageError, open_storage
-from gan.batch.stylize import stylize
+from gan.batch.stylize import photos_of, stylize
 from gan.batch.submission import SubmissionError, assemble, check_zip
 from tests.conftest import ROOT
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
@@ -118,7 +118,8 @@ def test_stylize_s3_to_s3_and_tfrecords(ray_cluster, s3, bucket, demo_data, cycl
 
 
 def test_wrong_checkpoint_kind_is_refused(ray_cluster, demo_data, dcgan_ckpt, tmp_path):
-    with pytest.raises(CheckpointError, match="needs a cyclegan generator"):
+    with pytest.raises(CheckpointError, match="this is a dcgan generator, which takes seeds; stylize needs a generator "
+                                              "that takes photos"):
         stylize(str(demo_data / "photo_jpg"), opts(dcgan_ckpt, tmp_path / "o"))
 
 
@@ -146,7 +147,7 @@ def _zip_contents(path: Path) -> dict[str, np.ndarray]:
 KILL_DRIVER = """
 import os, signal, sys
 from gan.batch.engine import BatchOptions, GeneratorActor
-from gan.batch.stylize import stylize
+from gan.batch.stylize import photos_of, stylize
 from gan.io.storage import open_storage
 
 class KillDriverAtBatch10(GeneratorActor):
@@ -269,12 +270,12 @@ def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tm
 def test_pixels_reach_the_model_as_uint8_and_are_normalised_there():
     """What the actors feed the generator: the same values as `to_tensor`, in channels_last, on every device
     present (on CUDA the uint8 bytes are copied from pinned memory and normalised on the GPU)."""
-    from gan.batch.inference import to_device_uint8
     from gan.io.images import from_uint8, to_tensor
+    from gan.models.inference import Photos
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
-        x = from_uint8(to_device_uint8(pixels, device))
+        x = from_uint8(Photos.from_numpy(pixels, device).pixels)
         assert x.shape == (3, 3, 32, 32) and x.device.type == device.type
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x.cpu(), to_tensor(pixels))
@@ -292,9 +293,9 @@ def test_a_compiled_generator_gives_the_eager_images_and_compiles_once(ray_clust
                       "error": np.array([""] * len(p), dtype=object)})["pixels"] for p in (pixels[:4], pixels[4:])]
         return np.concatenate(out)
 
-    eager = run(GeneratorActor(cyclegan_ckpt, "stylize", threads=2))
+    eager = run(GeneratorActor(cyclegan_ckpt, photos_of, threads=2))
     counters.clear()
-    compiled_actor = GeneratorActor(cyclegan_ckpt, "stylize", threads=2, compile=True, batch_size=4)
+    compiled_actor = GeneratorActor(cyclegan_ckpt, photos_of, threads=2, compile=True, batch_size=4)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 1  # compiled in the constructor
     compiled = run(compiled_actor)

@@ -77,19 +77,22 @@ def test_checkpoints_written_before_the_registry_still_load():
 
 
 
-@pytest.mark.parametrize("kind", ["cyclegan", "dcgan"])
+@pytest.mark.parametrize("kind", ["cyclegan", "cut", "dcgan"])
 def test_every_registered_kind_trains_and_round_trips_through_the_registry(kind):
     from gan.models.registry import get_model
+    from gan.train.data import training_set, training_sources
+    from gan.train.samples import sample_grid, sample_inputs
     from tests.helpers import image_bytes
     spec = get_model(kind)
-    cfg = spec.make_config({"image_size": 64, "ngf": 8, "ndf": 8, **({"n_blocks": 1} if kind == "cyclegan" else {})}, 2)
-    images = {s: [(f"{i}.jpg", image_bytes(size=(80, 80), seed=i)) for i in range(4)] for s in spec.sources}
+    cfg = spec.build_config({"image_size": 64, "ngf": 8, "ndf": 8, **({"n_blocks": 1} if kind != "dcgan" else {})}, 2)
+    images = {s: [(f"{i}.jpg", image_bytes(size=(80, 80), seed=i)) for i in range(4)] for s in training_sources(spec)}
     trainer = spec.trainer(cfg, "cpu", lambda m: m, seed=0)
-    loader = torch.utils.data.DataLoader(spec.dataset(images, cfg), batch_size=2)
+    trainer.data_init(images)
+    loader = torch.utils.data.DataLoader(training_set(spec, images, cfg), batch_size=2)
     batch = next(iter(loader))
     losses = trainer.step(*batch) if isinstance(batch, (list, tuple)) else trainer.step(batch)
     assert losses and all(torch.isfinite(v) for v in losses.values())
-    grid = spec.sample_grid(trainer.generator, spec.sample_inputs(images, cfg, 2, 0))
+    grid = sample_grid(spec, trainer.generator, sample_inputs(spec, images, cfg, 2, 0))
     assert grid.startswith(b"\x89PNG")
     ckpt = from_bytes(to_bytes(generator_checkpoint(kind, cfg, trainer.generator)), f"{kind}.pt", expect_kind=kind)
     assert type(ckpt.build()).__name__ == ckpt.arch

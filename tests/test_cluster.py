@@ -19,7 +19,9 @@ from gan.batch.engine import BatchOptions, GeneratorActor
 from gan.batch.stylize import stylize
 from gan.batch.submission import assemble
 from gan.io.storage import open_storage, write_uri
-from gan.train.loop import GENERATOR_FILE, HISTORY_FILE, TrainSettings, run_training
+from gan.train.driver import run_training
+from gan.train.run_checkpoint import GENERATOR_FILE, HISTORY_FILE
+from gan.train.settings import TrainSettings
 from tests.conftest import S3_ENV
 
 pytestmark = pytest.mark.slow

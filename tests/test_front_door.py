@@ -18,7 +18,9 @@ from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer
 from gan.train.data import DataError
 from gan.models.dcgan import DCGANConfig, DCGANGenerator, DCGANTrainer
 from gan.io.storage import resolve_uri
-from gan.train.loop import TrainingError, TrainSettings, load_state, run_training
+from gan.train.driver import TrainingError, run_training
+from gan.train.run_checkpoint import load_state
+from gan.train.settings import TrainSettings
 from jobs import assemble as assemble_job
 from jobs import evaluate as evaluate_job
 from jobs import generate as generate_job
@@ -180,7 +182,7 @@ def test_placement_is_checked_where_ray_cannot_grow(ray_cluster, demo_data, monk
     import ray
     from gan import ray_runtime
     from gan.batch.pipeline import actor_plan, check_plan
-    from gan.train.loop import check_settings, check_workers_placeable
+    from gan.train.settings import check_settings, check_workers_placeable
     here = ray.get_runtime_context().gcs_address
     monkeypatch.setattr(ray_runtime, "_embedded_gcs", here)  # as if this process had started the test Ray (4 CPUs)
     with pytest.raises(ValueError, match=r"^actors, use_gpu \(--actors, --use-gpu\): 1 model actor needs 1 GPU in all, "
@@ -208,7 +210,7 @@ def test_a_score_without_torchmetrics_fails_before_any_work(demo_data, tmp_path,
     import importlib.util
     from gan.eval.evaluate import EvalOptions, evaluate
     from gan.eval.metrics import MetricsUnavailableError
-    from gan.train.loop import check_settings
+    from gan.train.settings import check_settings
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torchmetrics" else found(name, *a))
@@ -277,7 +279,7 @@ def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
 def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
     """`jobs.pipeline --data` starts from the measured recipe (flags given win); demo data keeps the small sizes."""
     from jobs import pipeline
-    from jobs.train import RECIPES
+    from gan.train.recipes import RECIPES
     settings = lambda argv: pipeline.train_settings(pipeline.parse(argv), "p", "q")  # noqa: E731
     recipe, real = RECIPES["kaggle-cpu"], settings(["--data", "x"])
     assert (real.epochs, real.steps_per_epoch, real.batch_size, real.eval_photos) == (
@@ -302,7 +304,7 @@ def test_jobs_workers_and_the_server_start_without_the_slow_optional_imports():
     torch._dynamo) and torchmetrics (scipy) cost it seconds there, so they load only where a grid is drawn or a
     score computed."""
     code = ("import sys, jobs.train, jobs.tune, jobs.pipeline, jobs.stylize, jobs.generate, jobs.evaluate, "
-            "jobs.assemble, gan.train.loop, gan.train.search, gan.batch.engine, serve.app\n"
+            "jobs.assemble, gan.train.driver, gan.train.worker, gan.train.search, gan.batch.engine, serve.app\n"
             "print(sorted(m for m in ('torchvision', 'torchmetrics', 'scipy', 'torch._dynamo') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ from gan.batch.engine import BatchOptions
 from gan.batch.stylize import stylize
 from gan.checkpoint import from_bytes
 from gan.io.storage import open_storage
-from gan.train.loop import BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE, HISTORY_FILE
+from gan.train.run_checkpoint import BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE, HISTORY_FILE
 from gan.train.quality import SCORE, Best, curve_png
 from jobs import train as train_job
 
@@ -77,7 +77,8 @@ def test_resize_conv_and_ema_generators_load_in_stylize_and_serve(ray_cluster, d
     if inspect.isawaitable(init):
         asyncio.run(init)
     replica.reconfigure({"checkpoint": str(tmp_path / "g.pt")})
-    assert any(isinstance(m, torch.nn.Upsample) for m in replica.stylizer.modules())
+    from gan.models.inference import Photos
+    assert any(isinstance(m, torch.nn.Upsample) for m in replica.models[Photos][1].modules())
     state = torch.load(sorted(Path(tmp_path / "runs" / "v").glob("checkpoint_epoch_*"))[-1] / "state.pt",
                        weights_only=True)
     assert "ema" in state["trainer"]  # the average is part of the training state, so a resume continues it

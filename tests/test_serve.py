@@ -1,6 +1,7 @@
 """The Serve app on the local Ray, over real HTTP: stylize, generate, limits, batching, rollout, the web page."""
 import concurrent.futures as cf
 import io
+import json
 import shutil
 import time
 import urllib.error
@@ -40,7 +41,7 @@ def server(ray_cluster, tmp_path_factory):
         if isinstance(m, torch.nn.ConvTranspose2d):
             m.weight.data.normal_(0, 0.3)
     (d / "d.pt").write_bytes(to_bytes(generator_checkpoint("dcgan", cfg, g)))
-    user_config = {"checkpoint": _ckpt(d / "g1.pt", 1), "dcgan_checkpoint": str(d / "d.pt"),
+    user_config = {"checkpoint": _ckpt(d / "g1.pt", 1), "checkpoints": [str(d / "d.pt")],
                    "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_upload_bytes": 2_000_000}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -214,6 +215,107 @@ def test_new_checkpoint_rolls_out_without_dropping_requests(server):
     assert after != before  # the new generator answers now
 
 
+class HeldUpload:
+    """A POST /stylize whose body arrives only in part until `finish()`: a slow client, held at a known point."""
+
+    def __init__(self, url: str, body: bytes):
+        import socket
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        self.body = body
+        self.sock.sendall(f"POST /stylize HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:len(body) // 2])
+
+    def finish(self) -> tuple[int, dict, bytes]:
+        self.sock.sendall(self.body[len(self.body) // 2:])
+        return self.response()
+
+    def response(self) -> tuple[int, dict, bytes]:
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+    def drop(self) -> None:
+        self.sock.close()
+
+
+def _wait_stats(server, condition, what: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = _stats(server)
+        if condition(stats):
+            return stats
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {stats}"
+        time.sleep(0.05)
+
+
+def _redeploy(server, **changes) -> None:
+    from ray import serve
+    from serve.app import GanServer
+    serve.run(GanServer.options(user_config={**server["config"], **changes}).bind(), name="gan", route_prefix="/")
+
+
+def test_past_its_limit_a_replica_answers_503_with_retry_after_at_once_and_serves_the_rest(server):
+    """max_batch_size 2 + max_queued_requests 1: a replica holds 3 requests. With 3 uploads held half-sent (the
+    replica admitted them: a known point, read from /stats), a 4th is refused at once, 503 JSON with Retry-After,
+    its body unread; the 3 then finish with 200, and the replica holds none after."""
+    _redeploy(server, max_batch_size=2, max_queued_requests=1, retry_after_s=7)
+    try:
+        photo = image_bytes(seed=11)
+        held = [HeldUpload(server["url"], photo) for _ in range(3)]
+        _wait_stats(server, lambda s: s["in_progress"] == 3, "3 requests inside the replica")
+        t0 = time.perf_counter()
+        request = urllib.request.Request(server["url"] + "/stylize", data=photo, method="POST",
+                                         headers={"Content-Type": "image/jpeg"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert time.perf_counter() - t0 < 5
+        e = refused.value
+        assert e.code == 503 and e.headers["Retry-After"] == "7" and e.headers["Content-Type"] == "application/json"
+        assert "overloaded" in json.loads(e.read())["error"]
+        results = [h.finish() for h in held]
+        assert [code for code, _, _ in results] == [200, 200, 200] and all(is_256_jpeg(b) for _, _, b in results)
+        stats = _wait_stats(server, lambda s: s["in_progress"] == 0, "the replica to empty")
+        assert stats["refused"].get("503", 0) >= 1 and stats["peak_in_progress"] <= 3
+    finally:
+        _redeploy(server)
+
+
+def test_a_slow_or_vanished_client_is_freed_and_the_replica_keeps_serving(server):
+    _redeploy(server, upload_timeout_s=2)
+    try:
+        photo = image_bytes(seed=12)
+        slow = HeldUpload(server["url"], photo)  # sends half, then nothing: refused once the timeout passes
+        status, headers, body = slow.response()
+        assert status == 408 and headers["content-type"] == "application/json" and b"did not arrive" in body
+        gone = HeldUpload(server["url"], photo)
+        _wait_stats(server, lambda s: s["in_progress"] == 1, "the upload inside the replica")
+        gone.drop()  # the client goes away mid-upload
+        _wait_stats(server, lambda s: s["in_progress"] == 0, "the replica to free the vanished upload")
+        assert post(server["url"] + "/stylize", photo)[0] == 200
+    finally:
+        _redeploy(server)
+
+
+def test_a_damaged_generator_file_leaves_the_replica_up_answering_503_with_the_reason(server):
+    broken = server["dir"] / "broken.pt"
+    broken.write_bytes((server["dir"] / "g1.pt").read_bytes()[:4000])
+    _redeploy(server, checkpoint=str(broken))
+    try:
+        status, ctype, body = post(server["url"] + "/stylize", image_bytes())
+        assert status == 503 and ctype == "application/json"
+        error = json.loads(body)["error"]
+        assert "broken.pt: not a readable checkpoint" in error and "Traceback" not in error
+        assert post(server["url"] + "/generate?seed=1&count=1", b"", "application/octet-stream")[0] == 200
+    finally:
+        _redeploy(server)
+
+
 def test_config_file_is_valid_for_serve_deploy():
     from ray.serve.schema import ServeDeploySchema
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
@@ -243,20 +345,45 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_browser_uploads_a_photo_and_sees_the_painting(server, tmp_path):
+def test_browser_page_shows_nothing_broken_then_waits_then_the_painting_or_the_error(server, tmp_path):
+    """The page's states in headless Chromium: before a photo no image box at all (no broken images); while the
+    painting is made (the request held at a known point by the test) the photo and a waiting box; then the pair,
+    the painting 256x256; and for a refused upload (a file that is no image) the server's error text, no box."""
     from playwright.sync_api import sync_playwright
-    photo = tmp_path / "photo.jpg"
+    photo, bogus = tmp_path / "photo.jpg", tmp_path / "notes.jpg"
     photo.write_bytes(image_bytes(size=(320, 240)))
+    bogus.write_bytes(b"this is not an image at all\n" * 10)
+    visible_images = "() => [...document.images].filter(i => i.offsetParent !== null).map(i => i.id)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page()
         page.goto(server["url"] + "/")
+        assert page.evaluate("() => document.body.dataset.state") == "empty"
+        assert page.evaluate(visible_images) == []  # no boxes with alt text before there is a picture
+
+        held = []
+        page.route("**/stylize", lambda route: held.append(route))  # the answer waits until the test lets it go
         page.set_input_files("#file", str(photo))
-        page.wait_for_selector("#painting[data-ready='1']", timeout=30_000)
+        page.wait_for_selector("body[data-state='painting']", timeout=30_000)
+        while not held:
+            page.wait_for_timeout(20)
+        assert page.is_visible("#wait") and "Painting" in page.inner_text("#status")
+        page.wait_for_selector("#original", state="visible", timeout=30_000)  # once the browser decoded it
+        assert page.evaluate(visible_images) == ["original"]  # the photo, and a waiting box, not a broken image
+        page.unroute("**/stylize")
+        held[0].continue_()
+        page.wait_for_selector("body[data-state='done']", timeout=30_000)
         size = page.evaluate("() => [document.getElementById('painting').naturalWidth, "
                              "document.getElementById('painting').naturalHeight]")
+        assert size == [256, 256] and page.evaluate(visible_images) == ["original", "painting"]
+        assert not page.is_visible("#wait")
+
+        page.set_input_files("#file", str(bogus))
+        page.wait_for_selector("body[data-state='error']", timeout=30_000)
+        assert "not an image" in page.inner_text("#status")  # the JSON error's text
+        page.wait_for_selector("#original", state="hidden", timeout=30_000)  # the browser cannot show it either
+        assert page.evaluate(visible_images) == [] and not page.is_visible("#wait")
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
-    assert size == [256, 256]

@@ -10,7 +10,8 @@ from PIL import Image
 from gan.checkpoint import from_bytes
 from gan.train.data import DataError
 from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer
-from gan.train.loop import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, STATE_FILE, load_state, run_training
+from gan.train.driver import run_training
+from gan.train.run_checkpoint import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, STATE_FILE, load_state
 from jobs import train as train_job
 
 TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "2",

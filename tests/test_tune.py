@@ -18,7 +18,7 @@ from gan.batch.engine import BatchOptions
 from gan.batch.stylize import stylize
 from gan.checkpoint import from_bytes
 from gan.io.storage import open_storage
-from gan.train.loop import TrainSettings
+from gan.train.settings import TrainSettings
 from gan.train.search import (CURVES_PNG, REPORT_JSON, REPORT_MD, SAMPLES_PNG, SearchError, parse_space,
                               trial_settings)
 from jobs import tune as tune_job
@@ -54,7 +54,7 @@ def test_gpu_shares_decide_what_each_trial_asks_for_and_how_many_run(monkeypatch
     two-worker trials) run on one GPU at once. (No GPU here: Ray's view of the cluster is given.)"""
     import ray
     from dataclasses import replace
-    from gan.train.loop import per_worker_resources
+    from gan.train.settings import per_worker_resources
     from gan.train.search import SearchOptions, concurrency
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
     base, opts = TrainSettings(cpus_per_worker=2.0), SearchOptions(gpus_per_trial=0.25)

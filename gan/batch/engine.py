@@ -1,31 +1,37 @@
-"""Batch jobs that write images (stylize, generate): the plan, the generator actor, the manifest and the report.
+"""Batch jobs that write images (stylize, generate): the job's three steps, the generator actor, the report.
 
-The work runs on the shared pipeline (`gan.batch.pipeline`). Exactly once: an output is written atomically
-under a name fixed by the manifest, a rerun of the same job schedules only the names that do not exist yet,
-and a different job is refused (`gan.batch.manifest`).
+A `BatchJob` runs in steps: `resume` (the output folder's manifest decides: the same job continues with what is
+missing, a finished one does nothing, another job is refused; `gan.batch.manifest`), `execute` (the missing
+outputs through the shared pipeline, `gan.batch.pipeline`), `report`. Exactly once: an output is written atomically
+under a name fixed by the manifest. What a job feeds the generator (photos or seeds) is the job's; what the
+generator makes of them is its model kind's `infer` (`gan.models.inference`): nothing here knows a kind.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from gan.batch.device_jpeg import decode_to_device, encode_on_device
-from gan.batch.inference import sample_pixels, stylize_on_device, stylize_pixels
 from gan.batch.manifest import (MANIFEST, REPORT, JobMismatchError, check_same_job, clear_outputs, job_manifest,
                                 read_manifest)
 from gan.batch.pipeline import DecodeStage, ReadStage, Row, WriteStage, actor_plan, run_pipeline
-from gan.checkpoint import from_bytes
+from gan.checkpoint import CheckpointError, from_bytes
 from gan.io.images import IMAGE_SIZE
 from gan.io.sources import Rejected
-from gan.io.storage import Storage, StorageError, read_uri
-from gan.models.registry import kind_for
+from gan.io.storage import Storage, StorageError, StorageFullError, StorageUnavailableError, read_uri
+from gan.models.inference import Photos, Seeds, to_numpy
+from gan.models.registry import get_model, known
 
 OUTPUT_SUFFIX = ".jpg"
+# what a job hands the actor's generator for a batch: (batch columns, rows without an error, seed, device)
+InputsOf = Callable[[dict, np.ndarray, int, object], Photos | Seeds]
 
 
 @dataclass
@@ -38,12 +44,13 @@ class BatchOptions:
     actor_resources: dict | None = None  # custom Ray resources per actor (pin actors to a node type)
     use_gpu: bool | None = None          # default: when the cluster has GPUs
     channels_last: bool = True
-    compile: bool = False                # stylize: torch.compile the generator (once per actor, at its start)
-    device_jpeg: bool = False            # stylize: tasks only read bytes; the actor decodes and encodes the JPEGs
-                                         # on its device (nvJPEG on CUDA; see gan.batch.device_jpeg)
+    compile: bool = False                # torch.compile the generator (once per actor, at its start)
+    device_jpeg: bool = False            # photo jobs: tasks only read bytes; the actor decodes and encodes the
+                                         # JPEGs on its device (nvJPEG on CUDA; see gan.batch.device_jpeg)
     progress: bool = True
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
     overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
+    verify_inputs: bool = False          # digest every local input again, not only those whose file changed
 
 
 @dataclass
@@ -53,43 +60,34 @@ class JobResult:
 
 
 class GeneratorActor:
-    """Loads the generator once; stylizes `pixels` (stylize) or draws images for each row's index (generate).
+    """Loads the generator once and runs its kind's `infer` on what the job hands it for each batch.
 
     Warmed up in the constructor (CUDA context, kernels, and with `compile` the compiled graph at the batch's
     shape), so that cost is paid while Ray Data reads the first inputs, not on the first batch. A compiled
-    generator always sees `batch_size` images (a short batch is padded), so it compiles once.
+    generator always sees `batch_size` inputs (a short batch is padded), so it compiles once.
     """
 
-    def __init__(self, checkpoint: str, job: str, threads: int | None = None, seed: int = 0,
+    def __init__(self, checkpoint: str, inputs_of: InputsOf, threads: int | None = None, seed: int = 0,
                  channels_last: bool = True, compile: bool = False, batch_size: int = 1):
         import torch
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.ckpt = from_bytes(read_uri(checkpoint), checkpoint)
-        self.net = self.ckpt.build(self.device)
-        self.job, self.seed = job, seed
+        ckpt = from_bytes(read_uri(checkpoint), checkpoint)
+        self.infer, self.inputs_of, self.seed = get_model(ckpt.kind).infer, inputs_of, seed
+        self.net = ckpt.build(self.device)
         import ray
         self.node = ray.get_runtime_context().get_node_id()  # the report counts images per node
-        if channels_last and job == "stylize":
+        if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.pad_to = 0
-        if compile and job == "stylize":
+        if compile:
             self.net, self.pad_to = torch.compile(self.net, dynamic=False), batch_size
         if self.pad_to or self.device.type == "cuda":
-            if job == "stylize":
-                self._stylize(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
-            else:
-                self._sample([0])
+            self.infer(self.net, self.infer.takes.example(self.device), self.pad_to)
 
-    def _stylize(self, pixels: np.ndarray) -> np.ndarray:
-        return stylize_pixels(self.net, pixels, self.device, self.pad_to)
-
-    def _sample(self, indices: list[int]) -> np.ndarray:
-        return sample_pixels(self.net, self.seed, indices, self.ckpt.config["nz"], self.device)
-
-    def _stylize_jpegs(self, batch: dict) -> dict:
-        """Bytes in (`data`, from ReadStage), JPEG bytes out (`jpeg`): decode, stylize and encode on the device."""
+    def _device_jpegs(self, batch: dict) -> dict:
+        """Bytes in (`data`, from ReadStage), JPEG bytes out (`jpeg`): decode, infer and encode on the device."""
         errors = list(batch["error"])
         todo = [i for i, e in enumerate(errors) if not e]
         encoded = np.empty(len(errors), dtype=object)
@@ -97,27 +95,53 @@ class GeneratorActor:
         if todo:
             images, failed = decode_to_device([batch["data"][i] for i in todo], [batch["row"][i].name for i in todo],
                                               IMAGE_SIZE, self.device)
-            styled = stylize_on_device(self.net, images, self.pad_to)  # (B, 3, H, W) uint8, on the device
-            for i, error, jpeg in zip(todo, failed, encode_on_device(styled)):
+            made = self.infer(self.net, Photos(images), self.pad_to)  # (B, 3, H, W) uint8, on the device
+            for i, error, jpeg in zip(todo, failed, encode_on_device(made)):
                 errors[i], encoded[i] = error, (b"" if error else jpeg)
         return {"row": batch["row"], "jpeg": encoded, "error": np.array(errors, dtype=object),
                 "node": np.full(len(errors), self.node, dtype=object)}
 
     def __call__(self, batch: dict) -> dict:
         if "data" in batch:
-            return self._stylize_jpegs(batch)
-        if self.job == "stylize":
-            ok = np.array([not e for e in batch["error"]], bool)
-            out = batch["pixels"].copy()
-            if ok.any():
-                out[ok] = self._stylize(batch["pixels"][ok])
-        else:
-            out = self._sample([row.index for row in batch["row"]])
+            return self._device_jpegs(batch)
+        ok = np.array([not e for e in batch["error"]], bool)
+        out = np.zeros((len(ok), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        if ok.any():
+            out[ok] = to_numpy(self.infer(self.net, self.inputs_of(batch, ok, self.seed, self.device), self.pad_to))
         return {"row": batch["row"], "pixels": out, "error": batch["error"],
                 "node": np.full(len(out), self.node, dtype=object)}
 
 
-# --- driver ---------------------------------------------------------------------------------------
+class JobInterrupted(KeyboardInterrupt):
+    """The job was stopped (Ctrl-C, SIGTERM, `ray job stop`); the message says how far it got."""
+
+
+def stop_local_ray() -> None:
+    """Stop the Ray this process started (its workers die with it, so nothing writes after this returns); a joined
+    cluster's workers of this job end when the driver goes."""
+    from gan.ray_runtime import shutdown_embedded
+    shutdown_embedded()
+
+
+def storage_fault(error: BaseException) -> StorageUnavailableError | StorageFullError | None:
+    """The storage outage or full disk behind an error that Ray raised for a task, if that is what it was."""
+    seen, first = set(), error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (StorageUnavailableError, StorageFullError)):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    # Ray Data re-raises a failed task as UserCodeException, whose cause does not survive the trip between
+    # processes; the remote traceback in its text still names the fault
+    found = _FAULT_LINE.findall(str(first))
+    if found:
+        name, message = found[-1]
+        return (StorageUnavailableError if name == "StorageUnavailableError" else StorageFullError)(message.strip())
+    return None
+
+
+_FAULT_LINE = re.compile(r"\b(StorageUnavailableError|StorageFullError): ([^\n]+)")
+
 
 def finished_report(storage: Storage, fp: str, plan: list[Row], existing: set[str]) -> dict | None:
     """The earlier report when this exact job already finished and all its outputs exist, else None."""
@@ -133,75 +157,136 @@ def finished_report(storage: Storage, fp: str, plan: list[Row], existing: set[st
     return report if all(row.out in existing or row.name in rejected for row in plan) else None
 
 
-def run_batch(job: str, plan: list[Row], input_storage: Storage | None, opts: BatchOptions, extra: dict,
-              early_rejects: list[Rejected], settings: dict | None = None, seed: int = 0) -> JobResult:
-    """Run `plan` under the output folder's manifest contract (gan.batch.manifest) and write the report.
+@dataclass
+class BatchJob:
+    """One batch job over an output folder: `resume`, `execute`, `report` (or `run` for all three).
 
-    `settings` are what, beside the checkpoint, the image policy and the inputs, decides the outputs (seed,
-    count); `extra` is recorded only. The same job resumes (outputs that exist are skipped; a finished job
-    does nothing); another job is refused unless `opts.overwrite`, which clears the old job's outputs first.
-    """
-    if opts.device_jpeg and importlib.util.find_spec("torchvision") is None:
-        raise ValueError("--device-jpeg needs torchvision (a dependency of this project: pip install -e .)")
-    started = time.time()
-    out = opts.output
-    out.remove_stale_temps(before=started)  # what a killed run of this job left half-written
-    ckpt_bytes = read_uri(opts.checkpoint)
-    kind = from_bytes(ckpt_bytes, opts.checkpoint, expect_kind=kind_for(job)).kind
-    manifest = job_manifest(job, kind, ckpt_bytes, plan, settings or {}, extra)
-    fp = manifest["fingerprint"]
-    planned = [row.out for row in plan]
-    existing = set(out.list())
-    old = read_manifest(out)
-    if opts.overwrite:
-        if clear_outputs(out, old, planned, existing):
-            existing = set(out.list())
-    else:
-        check_same_job(out, old, manifest, planned, existing)
-        done_report = finished_report(out, fp, plan, existing)
-        if done_report is not None:
-            return JobResult(done_report, skipped_run=True)
-    encoded = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    if not out.exists(MANIFEST) or out.read(MANIFEST) != encoded:
-        out.write(MANIFEST, encoded)
-    todo = [row for row in plan if row.out not in existing]
-    skipped = len(plan) - len(todo)
-    rejected = list(early_rejects)
+    A job kind (`StylizeJob`, `GenerateJob`) says what it feeds the generator (`takes`, `inputs_of`) and how its
+    inputs are read (`decode`); `settings` are what, beside the checkpoint, the image policy and the inputs, decides
+    the outputs (seed, count); `extra` is recorded only."""
+    name: str
+    takes: type                          # Photos or Seeds: the generators this job can run
+    inputs_of: InputsOf
+    plan: list[Row]
+    opts: BatchOptions
+    extra: dict
+    early_rejects: list[Rejected] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    seed: int = 0
+    input_storage: Storage | None = None
+    previous: dict | None = None         # the folder's manifest when the job was planned (None: read it in resume)
+    todo: list[Row] = field(default_factory=list, init=False)
+    fingerprint: str = field(default="", init=False)
 
-    start = time.monotonic()
-    written = 0
-    per_node: dict[str, int] = {}   # images written by this run, by the node of the actor that made them
-    if todo:
-        results = run_pipeline(
-            todo, opts.actor_cls or GeneratorActor,
-            {"checkpoint": opts.checkpoint, "job": job, "seed": seed, "channels_last": opts.channels_last,
-             "compile": opts.compile, "batch_size": opts.batch_size},
-            actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
-            decode=(None if job != "stylize" else ReadStage(input_storage) if opts.device_jpeg
-                    else DecodeStage(input_storage, IMAGE_SIZE)),
-            write=WriteStage(out), label=job, progress=opts.progress)
-        for batch in results:
-            nodes = batch.get("node", [None] * len(batch["row"]))
-            for row, error, node in zip(batch["row"], batch["error"], nodes):
-                if error:
-                    rejected.append(Rejected(row.name, str(error)))
-                else:
-                    written += 1
-                    if node:
-                        per_node[node] = per_node.get(node, 0) + 1
-    seconds = time.monotonic() - start
-    rejected.sort(key=lambda r: r.name)
-    report = {
-        "job": job, "fingerprint": fp, **extra,
-        "counts": {"inputs": len(plan) + len(early_rejects), "outputs": written + skipped, "written": written,
-                   "skipped_existing": skipped, "rejected": len(rejected)},
-        "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 3) if seconds > 0 else None,
-        "images_per_node": dict(sorted(per_node.items())),
-        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
-    }
-    out.write(REPORT, json.dumps(report, indent=1).encode())
-    return JobResult(report)
+    def decode(self) -> DecodeStage | ReadStage | None:
+        """The stage that reads each input beside the model (None: the job has no input files)."""
+        if self.input_storage is None:
+            return None
+        return ReadStage(self.input_storage) if self.opts.device_jpeg else DecodeStage(self.input_storage, IMAGE_SIZE)
+
+    def _checkpoint(self) -> tuple[bytes, str]:
+        """The checkpoint's bytes and kind, refusing one whose generator does not take what this job gives."""
+        data = read_uri(self.opts.checkpoint)
+        kind = from_bytes(data, self.opts.checkpoint).kind
+        takes = get_model(kind).infer.takes
+        if takes is not self.takes:
+            fits = ", ".join(k for k, s in known().items() if s.infer.takes is self.takes)
+            raise CheckpointError(f"{self.opts.checkpoint}: this is a {kind} generator, which takes {takes.noun}; "
+                                  f"{self.name} needs a generator that takes {self.takes.noun} ({fits})")
+        return data, kind
+
+    def resume(self) -> JobResult | None:
+        """Check the job against its output folder and find what is left to do (`todo`); the earlier result when
+        this job already finished. Another job's folder is refused unless `overwrite` clears it."""
+        opts, out = self.opts, self.opts.output
+        if opts.device_jpeg and importlib.util.find_spec("torchvision") is None:
+            raise ValueError("--device-jpeg needs torchvision (a dependency of this project: pip install -e .)")
+        self.started = time.time()
+        out.remove_stale_temps(before=self.started)  # what a killed run of this job left half-written
+        data, kind = self._checkpoint()
+        manifest = job_manifest(self.name, kind, data, self.plan, self.settings, self.extra)
+        self.fingerprint = manifest["fingerprint"]
+        planned = [row.out for row in self.plan]
+        existing = set(out.list())
+        old = self.previous if self.previous is not None else read_manifest(out)
+        if opts.overwrite:
+            if clear_outputs(out, old, planned, existing):
+                existing = set(out.list())
+        else:
+            check_same_job(out, old, manifest, planned, existing)
+            done = finished_report(out, self.fingerprint, self.plan, existing)
+            if done is not None:
+                return JobResult(done, skipped_run=True)
+        encoded = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        if not out.exists(MANIFEST) or out.read(MANIFEST) != encoded:
+            out.write(MANIFEST, encoded)
+        self.todo = [row for row in self.plan if row.out not in existing]
+        return None
+
+    def execute(self) -> None:
+        """The missing outputs through the pipeline: what each batch wrote or rejected, and on which node. Storage
+        that stays away past its retry window, or a full disk, stops the job with one line saying how far it got."""
+        opts = self.opts
+        self.rejected, self.written, self.per_node = list(self.early_rejects), 0, {}
+        start = time.monotonic()
+        if self.todo:
+            results = run_pipeline(
+                self.todo, opts.actor_cls or GeneratorActor,
+                {"checkpoint": opts.checkpoint, "inputs_of": self.inputs_of, "seed": self.seed,
+                 "channels_last": opts.channels_last, "compile": opts.compile, "batch_size": opts.batch_size},
+                actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
+                decode=self.decode(), write=WriteStage(opts.output), label=self.name, progress=opts.progress)
+            try:
+                for batch in results:
+                    self._count(batch)
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
+                done = len(self.plan) - len(self.todo) + self.written
+                stop_local_ray()
+                opts.output.remove_stale_temps(before=time.time() + 1)
+                raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun the "
+                                     "same command to continue)") from None
+            except Exception as e:  # noqa: BLE001 - Ray wraps what a task raised; the storage fault is inside
+                cause = storage_fault(e)
+                if cause is None:
+                    raise
+                done = len(self.plan) - len(self.todo) + self.written
+                raise type(cause)(f"{self.name} stopped: {cause}; at least {done} of {len(self.plan)} outputs are "
+                                  "done (rerun the same command to continue)") from None
+        self.seconds = time.monotonic() - start
+
+    def _count(self, batch: dict) -> None:
+        nodes = batch.get("node", [None] * len(batch["row"]))
+        for row, error, node in zip(batch["row"], batch["error"], nodes):
+            if error:
+                self.rejected.append(Rejected(row.name, str(error)))
+            else:
+                self.written += 1
+                if node:
+                    self.per_node[node] = self.per_node.get(node, 0) + 1
+
+    def report(self) -> JobResult:
+        """`_report.json`: counts (inputs = outputs + rejected), speed, where the images were made, the rejects."""
+        skipped = len(self.plan) - len(self.todo)
+        rejected = sorted(self.rejected, key=lambda r: r.name)
+        seconds = self.seconds
+        report = {
+            "job": self.name, "fingerprint": self.fingerprint, **self.extra,
+            "counts": {"inputs": len(self.plan) + len(self.early_rejects), "outputs": self.written + skipped,
+                       "written": self.written, "skipped_existing": skipped, "rejected": len(rejected)},
+            "seconds": round(seconds, 3), "images_per_s": round(self.written / seconds, 3) if seconds > 0 else None,
+            "images_per_node": dict(sorted(self.per_node.items())),
+            "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
+        }
+        self.opts.output.write(REPORT, json.dumps(report, indent=1).encode())
+        return JobResult(report)
+
+    def run(self) -> JobResult:
+        done = self.resume()
+        if done is not None:
+            return done
+        self.execute()
+        return self.report()
 
 
 def summary_line(result: JobResult) -> str:
@@ -213,5 +298,5 @@ def summary_line(result: JobResult) -> str:
             f"{r['seconds']:.1f} s, {r['images_per_s'] or 0:.1f} images/s, {c['rejected']} rejected")
 
 
-__all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "JobResult", "JobMismatchError", "GeneratorActor",
-           "run_batch", "summary_line"]
+__all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "BatchJob", "JobResult", "JobMismatchError",
+           "GeneratorActor", "summary_line"]

@@ -1,8 +1,11 @@
-"""Draw N images from a DCGAN generator: image i depends only on (seed, i), whatever the sharding."""
+"""Draw N images from a generator that takes seeds: image i depends only on (seed, i), whatever the sharding."""
 from __future__ import annotations
 
-from gan.batch.engine import OUTPUT_SUFFIX, BatchOptions, JobResult, run_batch
+import numpy as np
+
+from gan.batch.engine import OUTPUT_SUFFIX, BatchJob, BatchOptions, JobResult
 from gan.batch.pipeline import Row
+from gan.models.inference import Seeds
 
 
 def plan_generate(count: int) -> list[Row]:
@@ -12,7 +15,16 @@ def plan_generate(count: int) -> list[Row]:
     return [Row(f"sample {i}", i, f"{i:0{width}d}{OUTPUT_SUFFIX}") for i in range(count)]
 
 
-def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:
+def seeds_of(batch: dict, ok: np.ndarray, seed: int, device) -> Seeds:
+    """Image i of the job's seed for each good row i."""
+    return Seeds(seed, tuple(row.index for row, good in zip(batch["row"], ok) if good))
+
+
+def generate_job(count: int, seed: int, opts: BatchOptions) -> BatchJob:
     extra = {"count": count, "seed": seed, "output": opts.output.uri, "checkpoint": opts.checkpoint}
-    return run_batch("generate", plan_generate(count), None, opts, extra, [], {"seed": seed, "count": count},
-                     seed=seed)
+    return BatchJob("generate", Seeds, seeds_of, plan_generate(count), opts, extra,
+                    settings={"seed": seed, "count": count}, seed=seed)
+
+
+def generate(count: int, seed: int, opts: BatchOptions) -> JobResult:
+    return generate_job(count, seed, opts).run()

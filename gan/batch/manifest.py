@@ -32,7 +32,19 @@ def job_manifest(job: str, kind: str, checkpoint: bytes, plan: list[Row], settin
                 "image_policy": IMAGE_POLICY, **settings}
     outputs = {row.out: [row.name, row.item.size, row.item.tag] if row.item else [row.name] for row in plan}
     fingerprint = hashlib.sha256(json.dumps([settings, outputs], sort_keys=True).encode()).hexdigest()
-    return {"job": job, "fingerprint": fingerprint, "settings": settings, "outputs": outputs, **extra}
+    # when each local input's tag was taken (outside the fingerprint: a copied folder is still the same job), so
+    # a rerun digests only the files that changed since (gan.io.sources.scan_inputs)
+    stats = {row.item.key: [row.item.stat, row.item.tag] for row in plan if row.item and row.item.stat}
+    return {"job": job, "fingerprint": fingerprint, "settings": settings, "outputs": outputs, **extra,
+            **({"input_stats": stats} if stats else {})}
+
+
+def known_inputs(manifest: dict | None) -> dict[str, tuple[str, str]]:
+    """{input key: (stat, tag)} of the local inputs an earlier run of a job in this folder tagged."""
+    stats = (manifest or {}).get("input_stats")
+    if not isinstance(stats, dict):
+        return {}
+    return {k: (v[0], v[1]) for k, v in stats.items() if isinstance(v, list) and len(v) == 2}
 
 
 def read_manifest(storage: Storage) -> dict | None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from gan.io.images import BadImageError, decode_image, encode_jpeg
 from gan.io.sources import InputItem, read_input
-from gan.io.storage import Storage, StorageError
+from gan.io.storage import Storage, StorageError, StorageFullError, StorageUnavailableError
 from gan.ray_runtime import check_placeable, ensure_ray
 
 MAX_BLOCKS = 200
@@ -74,6 +74,8 @@ def _per_row(batch: dict, work: Callable[[Row], object]) -> tuple[list, np.ndarr
             continue
         try:
             out[i] = work(row)
+        except (StorageUnavailableError, StorageFullError):
+            raise  # the storage, not this input: the job stops, the input is not rejected
         except (BadImageError, StorageError, ValueError) as e:
             errors[i] = str(e)
     return out, np.array(errors, dtype=object)
@@ -128,10 +130,9 @@ class WriteStage:
         for i, (row, error) in enumerate(zip(batch["row"], batch["error"])):
             if error:
                 continue
-            try:
-                self.storage.write(row.out, encoded[i] if encoded is not None else encode_jpeg(batch["pixels"][i]))
-            except StorageError as e:
-                raise RuntimeError(f"writing {row.out}: {e}") from e  # storage failure: let Ray retry the block
+            # a fault of the storage itself (an outage past its retry window, a full disk) stops the job: the
+            # driver says how far it got, and the rerun writes the rest (what was written is whole)
+            self.storage.write(row.out, encoded[i] if encoded is not None else encode_jpeg(batch["pixels"][i]))
         return {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
 
 

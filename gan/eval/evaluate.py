@@ -17,7 +17,7 @@ from gan.eval.features import extract, make_extractor
 from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
 from gan.eval.metrics import mifid, require_metrics
 from gan.io.naming import safe_stem
-from gan.train.samples import grid_png
+from gan.pictures import grid_png
 from gan.io.sources import Rejected, is_zip, read_input, scan_uri
 from gan.io.storage import Storage, split_uri
 from gan.batch.submission import SubmissionError, check_count, check_submission_image
@@ -139,7 +139,7 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
         "extractor": extractor, "is_inception": opts.features == "inception",
         "fid": scores["fid"], "memorization_distance": scores["distance"],
         "distance_used": scores["distance_used"], "memorization_penalized": scores["memorization_penalized"],
-        "epsilon": scores["epsilon"], "mifid": scores["mifid"],
+        "epsilon": scores["epsilon"], "mifid": scores["mifid"], "kid": scores["kid"],
         "seconds": round(time.monotonic() - start, 2),
         "rejected": [{"name": r.name, "reason": r.reason} for r in g_rej + r_rej],
     }
@@ -153,6 +153,6 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
 def summary_line(report: dict) -> str:
     label = "MiFID" if report["is_inception"] else "MiFID[stand-in features, not Kaggle's]"
     pen = "penalised" if report["memorization_penalized"] else "no penalty"
-    return (f"{label} {report['mifid']:.3f} (FID {report['fid']:.3f}, memorization d {report['memorization_distance']:.4f}"
-            f" -> {pen}) {report['counts']['generated']} generated vs {report['counts']['real']} real, "
+    return (f"{label} {report['mifid']:.3f} (FID {report['fid']:.3f}, KID {report['kid']:.5f}, memorization d "
+            f"{report['memorization_distance']:.4f} -> {pen}) {report['counts']['generated']} generated vs {report['counts']['real']} real, "
             f"{report['extractor']}, {report['seconds']:.1f} s")

@@ -13,6 +13,7 @@ import struct
 import zipfile
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from gan.io.images import MAX_BYTES, BadImageError
@@ -21,6 +22,7 @@ from gan.io.tfrecord import TFRecordError, example_image, iter_record_frames
 
 TFRECORD_SUFFIXES = (".tfrec", ".tfrecord", ".tfrecords")
 ZIP_SUFFIX = ".zip"
+DIGEST_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class InputItem:
     container: str = ""  # "", "tfrecord", or "zip-<compression method>"
     size: int = -1     # bytes of the image itself (file, uncompressed member, record), known before reading
     tag: str = ""      # its content's identity: a digest, an S3 ETag, a zip member's CRC-32
+    stat: str = ""     # a local file's size, mtime and inode when its tag was taken (see scan_inputs)
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,18 @@ def is_zip(key: str) -> bool:
     return key.lower().endswith(ZIP_SUFFIX)
 
 
-def scan_uri(uri: str) -> tuple[list[InputItem], list[Rejected], Storage]:
-    """Inputs of a folder or prefix, or of one .zip / TFRecord file; with the storage to read them from."""
+def scan_uri(uri: str, known: dict[str, tuple[str, str]] | None = None
+             ) -> tuple[list[InputItem], list[Rejected], Storage]:
+    """Inputs of a folder or prefix, or of one .zip / TFRecord file; with the storage to read them from.
+    `known`: see scan_inputs."""
     if is_zip(uri) or is_tfrecord(uri):
         storage, name = split_uri(uri)
         if not storage.exists(name):
             raise StorageError(f"{uri}: no such file")
-        items, rejected = scan_inputs(storage, keys=[name])
+        items, rejected = scan_inputs(storage, keys=[name], known=known)
         return items, rejected, storage
     storage = open_storage(uri)
-    items, rejected = scan_inputs(storage)
+    items, rejected = scan_inputs(storage, known=known)
     return items, rejected, storage
 
 
@@ -117,15 +122,18 @@ def _unique_names(items: list[InputItem]) -> list[InputItem]:
     return out
 
 
-def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = None
-                ) -> tuple[list[InputItem], list[Rejected]]:
+def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = None,
+                known: dict[str, tuple[str, str]] | None = None) -> tuple[list[InputItem], list[Rejected]]:
     """All inputs under `prefix` (or in `keys`), sorted by name; raises StorageError when there is nothing.
 
-    Sizes and content tags come from the listing (S3), the zip's directory or the record framing; local files
-    are digested. Nothing over the size limit is read here."""
+    Sizes and content tags come from the listing (S3 ETags), the zip's directory or the record framing; local
+    files are digested, in parallel, except those in `known` ({key: (stat, tag)}, from an earlier scan) whose
+    size, mtime and inode are still the same: a rerun reads no input whose file has not changed, and any file
+    rewritten, replaced or copied anew is digested again. Nothing over the size limit is read here."""
     infos = storage.list_info(prefix) if keys is None else [storage.info(k) for k in keys]
     if not infos:
         raise StorageError(f"{storage.child(prefix)}: no files found (empty folder or missing prefix)")
+    known = known or {}
     items: list[InputItem] = []
     rejected: list[Rejected] = []
     for info in infos:
@@ -138,8 +146,16 @@ def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = Non
         elif is_zip(key):
             items.extend(_zip_items(storage, key, rel))
         else:  # every other file is an input: a non-image ends as a rejected line, never a silent skip
-            tag = info.tag or (storage.content_tag(key) if info.size <= MAX_BYTES else f"size:{info.size}")
-            items.append(InputItem(rel, key, size=info.size, tag=tag))
+            seen = known.get(key)
+            tag = (info.tag or (f"size:{info.size}" if info.size > MAX_BYTES else "")
+                   or (seen[1] if seen and info.stat and seen[0] == info.stat else ""))
+            items.append(InputItem(rel, key, size=info.size, tag=tag, stat=info.stat))
+    todo = [i for i, item in enumerate(items) if not item.tag]
+    if todo:  # file reads: threads overlap them (hashlib lets go of the GIL on large buffers)
+        with ThreadPoolExecutor(DIGEST_THREADS) as pool:
+            tags = list(pool.map(lambda i: storage.content_tag(items[i].key), todo))
+        for i, tag in zip(todo, tags):
+            items[i] = replace(items[i], tag=tag)
     return _unique_names(items), rejected
 
 

@@ -1,29 +1,70 @@
 """One interface over local folders and S3 prefixes, with atomic writes.
 
 Local writes go to a temporary file in the same folder and are renamed into place; S3 objects are
-whole once PUT (multipart uploads complete atomically). The S3 endpoint comes from `AWS_ENDPOINT_URL`
-so MinIO, R2 or a test server work like AWS; botocore's standard retry mode gives back-off on throttling
-and connection errors.
+whole once PUT (multipart uploads complete atomically). S3 is configured here once, for boto3 (our own reads and
+writes) and for pyarrow (Ray Train's checkpoints, `arrow_filesystem`): the endpoint comes from `AWS_ENDPOINT_URL`
+so MinIO, R2 or a test server work like AWS, credentials and region from the usual AWS variables.
+
+Faults: an S3 request that fails for a reason that may pass (the endpoint unreachable, throttling, a 5xx) is
+retried with back-off for up to the retry window (`set_retry_window`, `--storage-retry`; 60 s by default), then
+fails as `StorageUnavailableError`, naming the endpoint; a local disk that is full fails at once as
+`StorageFullError`, naming the device and path. Neither leaves a partial file under its final name.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Iterator, Protocol
 from urllib.parse import urlparse
 
 MAX_OBJECT_BYTES = 5 * 1024 ** 3  # refuse single objects over 5 GiB (S3's PUT limit; zips go multipart)
+S3_ATTEMPTS = 3                   # tries of one S3 request inside botocore and pyarrow (their standard modes) ...
+RETRY_WINDOW_S = float(os.environ.get("GAN_STORAGE_RETRY_S", 60))  # ... then ours, with back-off, this long
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                   "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def set_retry_window(seconds: float) -> None:
+    """How long S3 requests made from here on (and by the Ray workers they are handed to) keep retrying a fault that
+    may pass before they fail."""
+    global RETRY_WINDOW_S
+    if seconds < 0:
+        raise ValueError(f"the storage retry window must be >= 0 seconds, got {seconds}")
+    RETRY_WINDOW_S = float(seconds)
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint every client uses: $AWS_ENDPOINT_URL (MinIO, R2, a test server), else AWS's own."""
+    return os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 class StorageError(OSError):
     """A storage location that cannot be used; the message names it."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage did not answer within the retry window (an outage): a later rerun may succeed."""
+
+
+class StorageFullError(StorageError):
+    """No space left where an output is written: the rerun succeeds once space is freed."""
+
+
+def device_of(path: str) -> str:
+    """The mount point holding `path` (what `df` would name), for the disk-full message."""
+    path = os.path.abspath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -31,6 +72,7 @@ class ObjectInfo:
     key: str
     size: int
     tag: str = ""   # the content's identity when the listing gives it (S3 ETag); "" means ask content_tag()
+    stat: str = ""  # a local file's "size:mtime_ns:inode": changes whenever its bytes can have (not an identity)
 
 
 class Storage(Protocol):
@@ -55,6 +97,10 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+def _stat_tag(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
 @dataclass
 class LocalStorage:
     root: str
@@ -69,20 +115,40 @@ class LocalStorage:
             raise StorageError(f"{self.root}: key {key!r} leaves the storage root")
         return path
 
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, stat) of every file under `prefix`, hidden temp files excluded; one scandir per folder, so a
+        listing costs a stat per file at most (what the directory entry already knows is not asked again)."""
+        base = self._path(prefix)
+        if base.is_file():
+            yield base.relative_to(self.root).as_posix(), base.stat()
+            return
+        stack = [base]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and not entry.name.startswith(".tmp-"):
+                    yield os.path.relpath(entry.path, self.root).replace(os.sep, "/"), entry.stat()
+
     def list(self, prefix: str = "") -> list[str]:
         """Keys (relative, '/'-separated) of all files under `prefix`, sorted; hidden temp files excluded."""
-        base = self._path(prefix)
-        if not base.exists():
-            return []
-        root = Path(self.root)
-        return sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith(".tmp-"))
+        return sorted(key for key, _ in self._walk(prefix))
 
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
-        return [self.info(key) for key in self.list(prefix)]
+        return sorted((ObjectInfo(key, st.st_size, stat=_stat_tag(st)) for key, st in self._walk(prefix)),
+                      key=lambda info: info.key)
 
     def info(self, key: str) -> ObjectInfo:
-        return ObjectInfo(key, self.size(key))
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            raise StorageError(f"{self.child(key)}: no such file") from None
+        return ObjectInfo(key, st.st_size, stat=_stat_tag(st))
 
     def content_tag(self, key: str) -> str:
         """A digest of the file's bytes (BLAKE2b, read in 1 MiB pieces)."""
@@ -134,17 +200,29 @@ class LocalStorage:
         """A file to write; it appears under `key` only when the block ends without error."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        except OSError as e:
+            raise self._full(e, path) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise self._full(e, path) from None
             raise
+
+    @staticmethod
+    def _full(e: OSError, path: Path) -> OSError:
+        """A full disk (or quota) as a StorageFullError naming the device and the file; other errors as they are."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFullError(f"no space left on {device_of(str(path.parent))} (writing {path})")
+        return e
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -161,13 +239,14 @@ class LocalStorage:
 class S3Storage:
     bucket: str
     prefix: str = ""
+    retry_window_s: float = field(default_factory=lambda: RETRY_WINDOW_S)  # the creator's, carried to workers
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
     def __getstate__(self) -> dict:  # the boto3 client is rebuilt in each process
-        return {"bucket": self.bucket, "prefix": self.prefix}
+        return {"bucket": self.bucket, "prefix": self.prefix, "retry_window_s": self.retry_window_s}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -176,27 +255,38 @@ class S3Storage:
     def client(self):
         import boto3
         from botocore.config import Config
-        return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-                            config=Config(retries={"mode": "standard", "max_attempts": 8},
-                                          max_pool_connections=32))
+        return boto3.client("s3", endpoint_url=s3_endpoint(),
+                            config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS},
+                                          connect_timeout=5, read_timeout=30, max_pool_connections=32))
 
     def _key(self, key: str) -> str:
         # S3 keys are literal ('..' has no meaning there); output keys are sanitised by gan.io.naming.
         return join_key(self.prefix, key) if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
+        """One S3 request; what may pass (unreachable, throttled, 5xx) is retried with back-off within the window."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            return fn(*args, **kwargs)
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise StorageError(f"{what}: no such object") from None
-            if code == "NoSuchBucket":
-                raise StorageError(f"{what}: bucket {self.bucket!r} does not exist") from None
-            raise StorageError(f"{what}: S3 error {code} ({e})") from None
-        except BotoCoreError as e:
-            raise StorageError(f"{what}: cannot reach S3 ({e})") from None
+        deadline, pause = time.monotonic() + self.retry_window_s, 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except ClientError as e:
+                code = e.response.get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    raise StorageError(f"{what}: no such object") from None
+                if code == "NoSuchBucket":
+                    raise StorageError(f"{what}: bucket {self.bucket!r} does not exist") from None
+                if code not in TRANSIENT_CODES:
+                    raise StorageError(f"{what}: S3 error {code} ({e})") from None
+                error = f"S3 error {code}"
+            except (BotoCoreError, S3UploadFailedError) as e:  # unreachable, reset, timed out; an upload's parts
+                error = str(e)
+            if time.monotonic() + pause > deadline:
+                raise StorageUnavailableError(f"S3 at {s3_endpoint() or 'AWS'} did not answer for "
+                                              f"{self.retry_window_s:g} s ({what}: {error})") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
 
     def list(self, prefix: str = "") -> list[str]:
         return [info.key for info in self.list_info(prefix)]
@@ -230,13 +320,12 @@ class S3Storage:
         return 0  # S3 objects appear whole (PUT, completed multipart uploads): nothing half-written to remove
 
     def read(self, key: str) -> bytes:
-        resp = self._call(self.child(key), self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return resp["Body"].read()
+        return self._call(self.child(key), lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                          ["Body"].read())  # the body's bytes inside the retry too: a reset mid-read is retried
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
-        resp = self._call(self.child(key), self.client.get_object, Bucket=self.bucket, Key=self._key(key),
-                          Range=f"bytes={offset}-{offset + length - 1}")
-        return resp["Body"].read()
+        return self._call(self.child(key), lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}")["Body"].read())
 
     def size(self, key: str) -> int:
         head = self._call(self.child(key), self.client.head_object, Bucket=self.bucket, Key=self._key(key))
@@ -299,6 +388,26 @@ def resolve_uri(uri: str) -> str:
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a local path or s3://bucket/prefix")
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def arrow_filesystem(uri: str):
+    """(path, pyarrow filesystem or None) for a folder URI, as Ray Train's storage takes it: a local folder made
+    absolute (no filesystem), or `bucket/prefix` on a pyarrow S3 filesystem configured as the boto3 client is."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3":
+        return resolve_uri(uri), None
+    import pyarrow.fs
+    kwargs = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        ep = urlparse(endpoint)
+        kwargs = {"endpoint_override": ep.netloc, "scheme": ep.scheme or "https"}
+    fs = pyarrow.fs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                 secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                                 retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+                                 **kwargs)
+    return f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), fs
 
 
 def split_uri(uri: str) -> tuple[LocalStorage | S3Storage, str]:

@@ -1,8 +1,6 @@
-"""CycleGAN: ResNet generator, 70x70 PatchGAN, LSGAN + cycle + identity losses, and one training step.
-
-Architecture after Zhu et al. 2017 and junyanz/pytorch-CycleGAN-and-pix2pix `models/networks.py`
-(reflection padding, instance norm, 2 down / N residual / 2 up blocks). Domain A is photos, B is Monet.
-The training step is plain PyTorch: the Ray Train job passes `wrap=ray.train.torch.prepare_model`.
+"""CycleGAN (Zhu et al. 2017): two ResNet generators, two 70x70 PatchGANs, LSGAN + cycle + identity losses, and
+one training step. The networks are `gan.models.networks`' (after junyanz/pytorch-CycleGAN-and-pix2pix). Domain A
+is photos, B is Monet. The step is plain PyTorch: the Ray Train job passes `wrap=ray.train.torch.prepare_model`.
 """
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,16 +15,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
-from gan.models.layers import autocast, compiled, init_weights, mark_step, set_requires_grad, unwrap
+from gan.models.inference import Stylize
+from gan.models.layers import autocast, compiled, mark_step, set_requires_grad, unwrap
+from gan.models.losses import lsgan_loss
+from gan.models.networks import UPSAMPLE, PatchDiscriminator, ResnetGenerator
 from gan.models.schedule import adam, apply_lr, linear_decay, load_optimizer
-from gan.models.spec import EncodedImages, ModelSpec
-from gan.batch.inference import stylize_pixels
-from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
-from gan.train.data import ImageDataset, UnpairedDataset
-from gan.train.samples import stylize_grid
+from gan.models.spec import ModelSpec
 
-
-UPSAMPLE = ("transpose", "resize")
 PREPROCESS = ("resize_and_crop", "crop")
 
 
@@ -64,90 +58,8 @@ class CycleGANConfig:
         return asdict(self)
 
 
-class ResnetBlock(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
-
-
-def upsampler(cin: int, cout: int, kind: str) -> nn.Module:
-    """x2 upsampling: the paper's transposed convolution, or resize-convolution (Odena et al. 2016), whose kernel
-    overlap is even everywhere, so it paints no checkerboard. One module either way, so layer indices (and the
-    checkpoints of the paper's generator) stay as they were."""
-    if kind == "transpose":
-        return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3))
-
-
-class ResnetGenerator(nn.Module):
-    """Image-to-image generator; input and output in [-1, 1], any size divisible by 4.
-
-    With `residual`, the network predicts a change that is added to the input (a global skip connection) and its
-    last convolution starts at zero: training starts from the photo itself (which already scores ~127) instead of
-    from noise, and a short run spends its steps on colour and brushwork rather than on relearning the scene.
-    """
-
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 3, upsample: str = "transpose",
-                 residual: bool = False):
-        super().__init__()
-        self.residual = residual
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
-        ]
-        for mult in (1, 2):  # (B, ngf, H, W) -> (B, 4ngf, H/4, W/4)
-            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
-                       nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
-        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
-        for mult in (4, 2):  # (B, 4ngf, H/4, W/4) -> (B, ngf, H, W)
-            layers += [upsampler(ngf * mult, ngf * mult // 2, upsample),
-                       nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
-        init_weights(self)
-        if residual:
-            last = self.model[-2]
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.residual:  # (B, 3, H, W) + a change in [-1, 1], back into the image range
-            return (x + self.model(x)).clamp(-1.0, 1.0)
-        return self.model(x)
-
-
 def build_generator(cfg: CycleGANConfig) -> ResnetGenerator:
     return ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample, residual=cfg.residual)
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN: (B, 3, H, W) -> (B, 1, H/8 - 2, W/8 - 2) real/fake logits, one per 70x70 patch."""
-
-    def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1), nn.InstanceNorm2d(ndf * mult),
-                       nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
-        self.model = nn.Sequential(*layers)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-def lsgan_loss(pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
-    target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
-    return F.mse_loss(pred.float(), target.float())
 
 
 class CycleGANTrainer:
@@ -188,6 +100,9 @@ class CycleGANTrainer:
     def generator(self) -> nn.Module:
         """The photo -> Monet generator that the batch jobs and the server use (its moving average with ema)."""
         return self.ema.module if self.ema is not None else unwrap(self.g_ab)
+
+    def data_init(self, images: dict) -> None:
+        pass  # nothing is fitted to the data
 
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
@@ -267,33 +182,9 @@ class CycleGANTrainer:
             self.ema.load_state_dict(state["ema"])
 
 
-# --- what the training loop and checkpoints need (see gan/models/spec.py) ---------------------------
-
 def _config(settings: dict, epochs: int) -> CycleGANConfig:
     """The LR decays over the run's second half unless the settings say otherwise."""
     return CycleGANConfig(**{"epochs": epochs, "decay_epochs": epochs // 2, **settings})
 
 
-def _dataset(images: dict[str, EncodedImages], cfg: CycleGANConfig) -> UnpairedDataset:
-    load_size = IMAGE_SIZE if cfg.preprocess == "crop" else None
-    return UnpairedDataset(ImageDataset(images["photos"], cfg.image_size, jitter=True, load_size=load_size),
-                           ImageDataset(images["paintings"], cfg.image_size, jitter=True, load_size=load_size))
-
-
-def _sample_inputs(images: dict[str, EncodedImages], cfg: CycleGANConfig, count: int, seed: int) -> torch.Tensor:
-    """The first `count` photos, (count, 3, S, S) in [-1, 1]."""
-    return torch.stack([to_tensor(decode_image(d, n, cfg.image_size)) for n, d in images["photos"][:count]])
-
-
-def _eval_inputs(images: dict[str, EncodedImages], count: int, seed: int) -> np.ndarray:
-    """The first `count` photos as the batch job reads them: (count, 256, 256, 3) uint8."""
-    return np.stack([decode_image(d, n, IMAGE_SIZE) for n, d in images["photos"][:count]])
-
-
-def _render(generator: nn.Module, photos: np.ndarray, device: torch.device, batch: int = 16) -> np.ndarray:
-    return np.concatenate([stylize_pixels(generator, photos[i:i + batch], device)
-                           for i in range(0, len(photos), batch)])
-
-
-SPEC = ModelSpec("cyclegan", "stylize", CycleGANConfig, _config, build_generator, CycleGANTrainer, ("photos", "paintings"),
-                 _dataset, _sample_inputs, stylize_grid, _eval_inputs, _render)
+SPEC = ModelSpec("cyclegan", CycleGANConfig, build_generator, CycleGANTrainer, Stylize(), make_config=_config)

@@ -9,18 +9,15 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gan.models.diffaugment import diff_augment
-from gan.batch.inference import sample_pixels
+from gan.models.inference import Sample
 from gan.models.layers import autocast, compiled, init_weights, mark_step, set_requires_grad, unwrap
-from gan.models.spec import EncodedImages, ModelSpec
+from gan.models.spec import ModelSpec
 from gan.models.schedule import adam, apply_lr, load_optimizer
-from gan.train.data import ImageDataset
-from gan.train.samples import noise_grid
 
 SIZES = (64, 128, 256)
 
@@ -109,6 +106,9 @@ class DCGANTrainer:
     def generator(self) -> nn.Module:
         return unwrap(self.g)
 
+    def data_init(self, images: dict) -> None:
+        pass  # nothing is fitted to the data
+
     def _d_in(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.cfg.diffaugment) if self.cfg.diffaugment else x
 
@@ -158,24 +158,5 @@ class DCGANTrainer:
         self.noise_rng.set_state(state["noise_rng"])
 
 
-# --- what the training loop and checkpoints need (see gan/models/spec.py) ---------------------------
-
-def _dataset(images: dict[str, EncodedImages], cfg: DCGANConfig) -> ImageDataset:
-    return ImageDataset(images["paintings"], cfg.image_size, jitter=False)
-
-
-def _sample_inputs(images: dict[str, EncodedImages], cfg: DCGANConfig, count: int, seed: int) -> torch.Tensor:
-    """Fixed latents, (16, nz): the same 16 images each checkpoint, to watch them change."""
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal((16, cfg.nz))).float()
-
-
-def _render(generator: nn.Module, indices: range, device: torch.device, batch: int = 64) -> np.ndarray:
-    """Images `indices` of seed 0 as `jobs.generate` draws them, at 256 px: (N, 256, 256, 3) uint8."""
-    return np.concatenate([sample_pixels(generator, 0, indices[i:i + batch], generator.nz, device)
-                           for i in range(0, len(indices), batch)])
-
-
-SPEC = ModelSpec("dcgan", "generate", DCGANConfig, lambda settings, epochs: DCGANConfig(**settings), DCGANGenerator,
-                 DCGANTrainer, ("paintings",), _dataset, _sample_inputs, noise_grid,
-                 lambda images, count, seed: range(count), _render,
+SPEC = ModelSpec("dcgan", DCGANConfig, DCGANGenerator, DCGANTrainer, Sample(),
                  ddp_kwargs={"broadcast_buffers": False})  # BatchNorm + two D passes per step: see the Ray notes

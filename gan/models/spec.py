@@ -1,19 +1,21 @@
-"""What the training loop, checkpoints and batch jobs need to know about a model kind, and nothing more.
+"""What a model kind is, and nothing more: its config, its generator, its trainer and its `infer` hook.
 
-A model file (cyclegan.py, dcgan.py) defines its networks, its Trainer and a `SPEC`; `registry.py` lists the
-specs. A new kind is one file plus one line there.
+A model file (cyclegan.py, cut.py, dcgan.py) defines its networks, its Trainer and a `SPEC`; `registry.py` lists the
+specs. Everything else finds a kind there: training builds the trainer (and, from what `infer` takes, its data and
+sample grids: `gan.train`), checkpoints rebuild the generator from the config, the batch jobs and Serve call `infer`
+on photos or seeds. A new kind is one file plus one line in the registry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
-EncodedImages = list[tuple[str, bytes]]  # (name, encoded bytes), as gan.train.data loads them
+from gan.models.inference import Inference
+
+EncodedImages = list[tuple[str, bytes]]  # (name, encoded bytes): the training images as loaded
 
 
 class Trainer(Protocol):
@@ -23,24 +25,26 @@ class Trainer(Protocol):
 
     @property
     def generator(self) -> nn.Module: ...            # the bare generator that checkpoints export
+    def data_init(self, images: dict[str, EncodedImages]) -> None: ...  # anything fitted to the data, once, at start
     def step(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]: ...  # one step; 0-dim losses, on device
     def end_epoch(self) -> None: ...                   # LR schedules
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def _plain_config(config: type) -> Callable[[dict, int], Any]:
+    return lambda settings, epochs: config(**settings)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str
-    task: str                                                   # the batch job it serves: "stylize" or "generate"
-    config: type                                                # dataclass of sizes and hyperparameters
-    make_config: Callable[[dict, int], Any]                     # (model settings, epochs) -> config
-    generator: Callable[[Any], nn.Module]                       # config -> generator (what checkpoints hold)
-    trainer: Callable[..., Trainer]                             # (config, device, wrap, seed) -> Trainer
-    sources: tuple[str, ...]                                    # TrainSettings data fields it trains on
-    dataset: Callable[[dict[str, EncodedImages], Any], Dataset]  # ({source: images}, config) -> training set
-    sample_inputs: Callable[[dict[str, EncodedImages], Any, int, int], torch.Tensor]  # (.., count, seed)
-    sample_grid: Callable[[nn.Module, torch.Tensor], bytes]     # (generator, sample inputs) -> PNG
-    eval_inputs: Callable[[dict[str, EncodedImages], int, int], Any]  # (images, count, seed) -> what render takes
-    render: Callable[[nn.Module, Any, torch.device], np.ndarray]  # -> (N, 256, 256, 3) uint8, as the jobs make
-    ddp_kwargs: dict | None = None                              # DistributedDataParallel options
+    config: type                                  # dataclass of sizes and hyperparameters (`image_size` included)
+    generator: Callable[[Any], nn.Module]         # config -> generator (what checkpoints hold)
+    trainer: Callable[..., Trainer]               # (config, device, wrap, seed, precision, compile) -> Trainer
+    infer: Inference                              # (generator, a batch of Photos or Seeds) -> uint8 images
+    make_config: Callable[[dict, int], Any] | None = None  # (model settings, epochs) -> config; default config(**)
+    ddp_kwargs: dict | None = None                # DistributedDataParallel options
+
+    def build_config(self, settings: dict, epochs: int) -> Any:
+        return (self.make_config or _plain_config(self.config))(settings, epochs)

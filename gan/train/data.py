@@ -2,7 +2,10 @@
 
 Keeping JPEG bytes (not pixels) in memory lets every worker hold all 7,038 photos (~200 MB) and decode
 in DataLoader workers, or (on a GPU) to decode each once into device memory (`DeviceLoader`). Augmentation is
-CycleGAN's: resize to 1.12x, random crop back, random flip.
+CycleGAN's: resize to 1.12x, random crop back, random flip; or (`preprocess: crop`) crops of the 256 px images.
+
+What a model trains on follows from what its generator takes (`ModelSpec.infer`): a generator of photos learns
+from unpaired photos and paintings, one of seeds from the paintings alone.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gan.io.images import BadImageError, decode_image, from_uint8, open_image, to_tensor
+from gan.io.images import IMAGE_SIZE, BadImageError, decode_image, from_uint8, open_image, to_tensor
 from gan.io.sources import Rejected, read_input, scan_inputs
 from gan.io.storage import StorageError, open_storage
+from gan.models.inference import Photos
+from gan.models.spec import EncodedImages, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +186,19 @@ class DeviceLoader:
         views = [images[c.image, c.top:c.top + size, c.left:c.left + size] for c in crops]  # (size, size, 3) each
         x = torch.stack([v.flip(1) if c.flip else v for v, c in zip(views, crops)])  # (B, size, size, 3) uint8
         return from_uint8(x.permute(0, 3, 1, 2))  # (B, 3, size, size) in [-1, 1], as to_tensor
+
+
+def training_sources(spec: ModelSpec) -> tuple[str, ...]:
+    """The TrainSettings data fields a model kind trains on."""
+    return ("photos", "paintings") if spec.infer.takes is Photos else ("paintings",)
+
+
+def training_set(spec: ModelSpec, images: dict[str, EncodedImages], cfg) -> ImageDataset | UnpairedDataset:
+    """The training set of a model kind: (photo, painting) pairs for a generator of photos, cropped as its config's
+    `preprocess` says ("crop": pieces of the 256 px images, the scale of inference; else the paper's resize to
+    1.12x and crop back), flipped half the time; for a generator of seeds, the paintings resized whole."""
+    if spec.infer.takes is not Photos:
+        return ImageDataset(images["paintings"], cfg.image_size, jitter=False)
+    load_size = IMAGE_SIZE if getattr(cfg, "preprocess", "") == "crop" else None
+    return UnpairedDataset(ImageDataset(images["photos"], cfg.image_size, jitter=True, load_size=load_size),
+                           ImageDataset(images["paintings"], cfg.image_size, jitter=True, load_size=load_size))

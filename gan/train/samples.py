@@ -1,41 +1,38 @@
-"""Sample grids: a picture of progress (photos beside their stylized versions, or DCGAN samples from fixed noise)."""
+"""Sample grids: a picture of progress in each checkpoint. For a generator of photos, the first photos over what
+it makes of them; for one of seeds, images of fixed latents. The same inputs every checkpoint, to watch them change."""
 from __future__ import annotations
 
-import io
-
+import numpy as np
 import torch
-from PIL import Image
 
-from gan.io.images import to_pixels
+from gan.io.images import decode_image, from_uint8
+from gan.models.inference import Photos, Seeds
+from gan.models.spec import EncodedImages, ModelSpec
+from gan.pictures import grid_png
 
-
-def grid_png(images: torch.Tensor, nrow: int) -> bytes:
-    """(N, 3, H, W) in [-1, 1] -> PNG bytes of a grid with `nrow` images per row."""
-    # imported here: torchvision costs every process that imports the models ~2.5 s (it loads torch._dynamo),
-    # and only the processes that draw a grid need it (see tests/test_front_door.py, the import test)
-    from torchvision.utils import make_grid
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)  # (3, H', W')
-    buf = io.BytesIO()
-    Image.fromarray(to_pixels(grid)).save(buf, "PNG")
-    return buf.getvalue()
+SEED_SAMPLES = 16  # images of a generator of seeds, in rows of 8
 
 
-@torch.no_grad()
-def stylize_grid(generator: torch.nn.Module, photos: torch.Tensor) -> bytes:
-    """Two rows: the photos, then what the generator makes of them."""
-    was_training = generator.training
-    generator.eval()
-    device = next(generator.parameters()).device
-    fakes = generator(photos.to(device)).float().cpu()
-    generator.train(was_training)
-    return grid_png(torch.cat([photos.cpu(), fakes]), nrow=len(photos))
+def sample_inputs(spec: ModelSpec, images: dict[str, EncodedImages], cfg, count: int, seed: int) -> Photos | Seeds:
+    """The first `count` photos at the training size, or SEED_SAMPLES images of `seed`."""
+    if spec.infer.takes is Photos:
+        pixels = np.stack([decode_image(d, n, cfg.image_size) for n, d in images["photos"][:count]])
+        return Photos(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    return Seeds(seed, tuple(range(SEED_SAMPLES)))
 
 
 @torch.no_grad()
-def noise_grid(generator: torch.nn.Module, z: torch.Tensor, nrow: int = 8) -> bytes:
+def sample_grid(spec: ModelSpec, generator: torch.nn.Module, inputs: Photos | Seeds) -> bytes:
+    """PNG: the photos over their paintings (one column each), or the samples in rows of 8."""
     was_training = generator.training
     generator.eval()
     device = next(generator.parameters()).device
-    images = generator(z.to(device)).float().cpu()
+    if isinstance(inputs, Photos):
+        made = spec.infer(generator, Photos(inputs.pixels.to(device)))
+        grid = torch.cat([from_uint8(inputs.pixels.cpu()), from_uint8(made.cpu())])
+        nrow = len(inputs)
+    else:
+        grid, nrow = from_uint8(spec.infer(generator, inputs).cpu()), 8
     generator.train(was_training)
-    return grid_png(images, nrow=nrow)
+    return grid_png(grid, nrow=nrow)
+

@@ -11,28 +11,20 @@ and every unfinished trial continues from its last epoch checkpoint. The compari
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-from gan.io.storage import open_storage, read_uri, write_uri
-from gan.models.registry import get_model
-from gan.train.loop import (BEST_FILE, BEST_SAMPLES_FILE, GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE,
-                            TrainSettings, check_settings, check_workers_placeable, fit_with_epochs, storage_args,
-                            worker_count)
-from gan.train.quality import SCORE, line_plot
+from gan.io.storage import open_storage
+from gan.train.driver import fit_with_epochs, storage_args
+from gan.train.quality import SCORE
+from gan.train.search_report import (BEST_GENERATOR, CURVES_PNG, RECORDS_DIR, REPORT_JSON, REPORT_MD, SAMPLES_PNG,
+                                     SearchError, comparison, export_best, trial_of)
+from gan.train.settings import (TrainSettings, check_settings, check_workers_placeable, run_fields, searchable,
+                                worker_count)
 
 DOMAINS = ("choice", "uniform", "loguniform", "randint", "quniform")
-REPORT_JSON, REPORT_MD, SAMPLES_PNG, CURVES_PNG, BEST_GENERATOR = (
-    "report.json", "report.md", "samples.png", "curves.png", "best_generator.pt")
-
-
-class SearchError(ValueError):
-    """A search space or setting that cannot be searched; the message names the key."""
 
 
 @dataclass
@@ -69,15 +61,13 @@ def parse_space(space: dict, allowed: set[str]) -> dict:
 
 def trial_settings(base: TrainSettings, config: dict) -> TrainSettings:
     """The base settings with a trial's sampled values: run settings by name, the rest into model_config."""
-    run_fields = {f for f in asdict(base) if f != "model_config"}
-    run = {k: v for k, v in config.items() if k in run_fields}
-    model = {**base.model_config, **{k: v for k, v in config.items() if k not in run_fields}}
+    run = {k: v for k, v in config.items() if k in run_fields()}
+    model = {**base.model_config, **{k: v for k, v in config.items() if k not in run_fields()}}
     return replace(base, **run, model_config=model)
 
 
 EPOCHS_DONE = "epochs_done"  # the schedulers' clock: 1 after the first epoch ("epoch" counts from 0)
 POINTER_FILE = "train_checkpoint.json"  # a Tune checkpoint: where the trial's Train checkpoint of that epoch is
-RECORDS_DIR = "records"  # beside the trials: one JSON per trial, its latest saved weights and their settings
 # what a population-based search may change while a trial trains (its sizes cannot: the weights carry on)
 PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
 
@@ -85,7 +75,7 @@ PBT_MUTABLE = ("lr", "lambda_cycle", "lambda_identity", "diffaugment", "ema")
 def _own_run(trial_id: str, train_checkpoint: str) -> str | None:
     """The Train run name when a Tune checkpoint points into one of this trial's own runs (a restored search)."""
     run = Path(train_checkpoint.rstrip("/")).parent.name
-    return run if _trial_of(run) == trial_id else None
+    return run if trial_of(run) == trial_id else None
 
 
 def run_trial(config: dict) -> None:
@@ -211,7 +201,7 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     base = replace(base, eval_every=1)
     if opts.gpus_per_trial > 0:
         base = replace(base, use_gpu=True, gpus_per_worker=opts.gpus_per_trial)
-    domains = parse_space(space, _allowed(base))
+    domains = parse_space(space, searchable(base.model))
     if opts.scheduler == "pbt":
         _check_pbt_space(domains)
     sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in domains.items()}
@@ -249,126 +239,10 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     return comparison(root, time.monotonic() - started, resumed, opts.scheduler)
 
 
-def _allowed(base: TrainSettings) -> set[str]:
-    model_fields = {f.name for f in fields(get_model(base.model).config)}
-    run_fields = {f for f in asdict(base) if f not in ("model_config", "photos", "paintings", "model",
-                                                       "eval_every", "eval_photos", "eval_features")}
-    return model_fields | run_fields
-
-
-# --- the comparison ---------------------------------------------------------------------------------
-
-def comparison(root: str, seconds: float, resumed: bool, scheduler: str = "asha") -> dict:
-    """Rank the trials by their best score; write report.json, report.md, samples.png, curves.png and the best
-    trial's generator beside the trials.
-
-    Each trial's record names its latest Train checkpoint, whose history is the trial's curve: every epoch, also
-    those before a resumed search and, under PBT, those of the trials whose weights it continued."""
-    trials = []
-    records = open_storage(f"{root}/{RECORDS_DIR}")
-    for key in records.list():
-        if not key.endswith(".json"):
-            continue
-        record = json.loads(records.read(key))
-        trial_id, ckpt_dir = record["trial"], record["checkpoint"]
-        rows = json.loads(open_storage(ckpt_dir).read(HISTORY_FILE))
-        history = [h for h in rows if SCORE in h and h[SCORE] == h[SCORE]]  # NaN: epochs not scored
-        if not history:
-            continue
-        # PBT: the other trials whose runs trained epochs of this trial's weights, in the order they did
-        lineage = [_trial_of(h["run"]) for h in rows if isinstance(h.get("run"), str)]
-        donors = [t for t in dict.fromkeys(lineage) if t != trial_id]
-        best = min(history, key=lambda h: h[SCORE])
-        trials.append({
-            "trial": trial_id,
-            SCORE: best[SCORE], "fid": best.get("fid"), "best_epoch": int(best["epoch"]) + 1,
-            "epochs": int(max(h["epoch"] for h in history)) + 1,
-            "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
-            "images_per_s": round(sum(h.get("images_per_s", 0.0) for h in history) / len(history), 2),
-            "stopped_early": None, "settings": record["settings"],
-            "curve": [[int(h["epoch"]) + 1, h[SCORE]] for h in history], "checkpoint": ckpt_dir,
-            "continued_from": donors,
-        })
-    trials.sort(key=lambda t: t[SCORE])
-    longest = max((t["epochs"] for t in trials), default=0)
-    for rank, t in enumerate(trials, 1):
-        t["rank"], t["stopped_early"] = rank, t["epochs"] < longest
-    out = open_storage(root)
-    report = {"trials": trials, "seconds": round(seconds, 1), "resumed": resumed, "score": SCORE,
-              "scheduler": scheduler,
-              "best": trials[0] if trials else None}
-    if trials and trials[0]["checkpoint"]:
-        best_dir = open_storage(trials[0]["checkpoint"])
-        generator = best_dir.read(BEST_FILE) if best_dir.exists(BEST_FILE) else best_dir.read(GENERATOR_FILE)
-        out.write(BEST_GENERATOR, generator)
-        report["best_generator"] = f"{root}/{BEST_GENERATOR}"
-        out.write(SAMPLES_PNG, samples_png([(t, open_storage(t["checkpoint"])) for t in trials[:6] if t["checkpoint"]]))
-    out.write(CURVES_PNG, curves_png({f"#{t['rank']} {t['trial']}": t["curve"] for t in trials[:8]}))
-    out.write(REPORT_JSON, json.dumps(report, indent=1, default=str).encode())
-    out.write(REPORT_MD, markdown(report).encode())
-    return report
-
-
-def _trial_of(run: str) -> str:
-    """The trial a Train run belongs to: its own run is named by its id, the runs it starts from another
-    trial's weights `<id>-from-<hash>`."""
-    return run.split("-from-")[0]
-
-
 def _uri(path: str, root: str) -> str:
     """A Train checkpoint path as our storage opens it (Train names S3 paths without their scheme)."""
     return f"s3://{path}" if root.startswith("s3://") and not path.startswith("s3://") else path
 
 
-def markdown(report: dict) -> str:
-    pbt = report.get("scheduler") == "pbt"  # PBT stops no trial; its trials continue others' weights instead
-    column = "continued from" if pbt else "stopped early"
-    settings_note = " (the last settings PBT gave it)" if pbt else ""
-    lines = [f"# Search report ({len(report['trials'])} trials, {report.get('scheduler', 'asha')}, "
-             f"{report['seconds']:.0f} s)", "",
-             f"Ranked by the best {SCORE} measured during training (lower is better).", "",
-             f"| rank | trial | {SCORE} | FID | best epoch | epochs run | {column} | train s | images/s | "
-             f"settings{settings_note} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for t in report["trials"]:
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(t["settings"].items()))
-        how = ", ".join(t.get("continued_from") or []) or "-" if pbt else ("yes" if t["stopped_early"] else "no")
-        lines.append(f"| {t['rank']} | {t['trial']} | {t[SCORE]:.2f} | {t['fid']:.2f} | {t['best_epoch']} | "
-                     f"{t['epochs']} | {how} | {t['train_seconds']} | {t['images_per_s']} | {settings} |")
-    if report.get("best_generator"):
-        lines += ["", f"Best generator: `{report['best_generator']}` (loads in jobs.stylize and Serve)."]
-    return "\n".join(lines) + "\n"
-
-
-def samples_png(trials: list[tuple[dict, object]]) -> bytes:
-    """Each top trial's best-epoch samples (the same fixed photos in every trial), one labelled row each."""
-    rows = []
-    for t, storage in trials:
-        name = BEST_SAMPLES_FILE if storage.exists(BEST_SAMPLES_FILE) else SAMPLES_FILE
-        if storage.exists(name):
-            rows.append((f"#{t['rank']} {t['trial']}  {SCORE} {t[SCORE]:.2f}", Image.open(io.BytesIO(storage.read(name))).convert("RGB")))
-    width = max((img.width for _, img in rows), default=320)
-    sheet = Image.new("RGB", (width, sum(img.height + 18 for _, img in rows) or 40), "white")
-    draw, y = ImageDraw.Draw(sheet), 0
-    for label, img in rows:
-        draw.text((4, y + 3), label, fill="black")
-        sheet.paste(img, (0, y + 18))
-        y += img.height + 18
-    buf = io.BytesIO()
-    sheet.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def curves_png(series: dict[str, list[list[float]]]) -> bytes:
-    """Each trial's score per epoch, one coloured line each, with a legend."""
-    return line_plot(series, f"{SCORE} per epoch by trial (lower is better)", 720, 400)
-
-
-def export_best(report: dict, target: str) -> None:
-    best = report.get("best_generator")
-    if not best:
-        raise SearchError("no trial recorded a score: nothing to export")
-    write_uri(target, read_uri(best))
-
-
-__all__ = ["SearchOptions", "SearchError", "parse_space", "trial_settings", "run_search", "export_best"]
+__all__ = ["SearchOptions", "SearchError", "parse_space", "trial_settings", "run_search", "export_best",
+           "comparison", "REPORT_JSON", "REPORT_MD", "SAMPLES_PNG", "CURVES_PNG", "BEST_GENERATOR"]

@@ -1,0 +1,186 @@
+"""How the batch jobs' cost grows with the work: jobs.stylize (local and on an S3 server) and jobs.generate over N
+inputs, N = 1,000, 10,000, 100,000 (1,000,000 with --max), with a tiny generator so that the model is not what is
+measured.
+
+python bench/scale.py [--counts 1000,10000,100000] [--max] [--modes local,s3,generate] [--cache DIR]
+
+Per N and mode it prints: planning (listing, tagging, manifest: everything before the first image moves), the run,
+report + zip, images/s of the run, the driver's peak RSS, the manifest's size, and a rerun that finds the job
+complete. Each measurement is its own process (a fresh driver, so its peak RSS is its own). Inputs are small
+JPEGs (the job resizes them to 256x256 anyway), made once into --cache and reused; S3 inputs are uploaded to a
+moto server on 127.0.0.1 that the bench starts. Ratios to read: images/s at N against images/s at the smallest N
+(flat per-image cost), (planning + report + zip) / run, and the RSS growth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULT = "SCALE-RESULT "
+
+
+def tiny_generator(path: Path) -> None:
+    import torch
+
+    from gan.checkpoint import generator_checkpoint, to_bytes
+    from gan.models.cyclegan import CycleGANConfig, build_generator
+    torch.manual_seed(0)
+    cfg = CycleGANConfig(ngf=2, n_blocks=0)
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", cfg, build_generator(cfg))))
+
+
+def tiny_dcgan(path: Path) -> None:
+    import torch
+
+    from gan.checkpoint import generator_checkpoint, to_bytes
+    from gan.models.dcgan import DCGANConfig, DCGANGenerator
+    torch.manual_seed(0)
+    cfg = DCGANConfig(image_size=64, ngf=2, nz=8)
+    path.write_bytes(to_bytes(generator_checkpoint("dcgan", cfg, DCGANGenerator(cfg))))
+
+
+def make_inputs(folder: Path, count: int) -> None:
+    """`count` distinct 32x32 JPEGs (the same files on every run: made once)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(os.listdir(folder))
+    rng = np.random.default_rng(have)
+    for i in range(have, count):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+        (folder / f"photo-{i:07d}.jpg").write_bytes(buf.getvalue())
+
+
+def upload(folder: Path, bucket: str, prefix: str, count: int) -> None:
+    import boto3
+    from concurrent.futures import ThreadPoolExecutor
+    s3 = boto3.client("s3")
+    names = sorted(os.listdir(folder))[:count]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: s3.put_object(Bucket=bucket, Key=f"{prefix}/{n}", Body=(folder / n).read_bytes()),
+                      names))
+
+
+def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
+    """One measurement in this process: the job, its rerun, the zip; phases timed from the job's own steps."""
+    import resource
+
+    from gan.batch.engine import BatchOptions
+    from gan.batch.generate import generate_job
+    from gan.batch.stylize import stylize_job
+    from gan.batch.submission import assemble
+    from gan.io.storage import open_storage
+    from gan.ray_runtime import ensure_ray, set_verbose
+    set_verbose(False)
+    ensure_ray()
+    opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
+    t0 = time.perf_counter()
+    job = generate_job(count, 0, opts) if mode == "generate" else stylize_job(source, opts)
+    t_plan = time.perf_counter()
+    assert job.resume() is None
+    t_resume = time.perf_counter()
+    job.execute()
+    t_run = time.perf_counter()
+    result = job.report()
+    t_report = time.perf_counter()
+    assemble(opts.output, f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
+             min_images=1, max_images=count)
+    t_zip = time.perf_counter()
+    rerun_opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
+    again = (generate_job(count, 0, rerun_opts) if mode == "generate" else stylize_job(source, rerun_opts)).resume()
+    t_rerun = time.perf_counter()
+    assert again is not None and again.skipped_run, "the rerun did not find the job complete"
+    manifest = len(opts.output.read("_manifest.json"))
+    return {"mode": mode, "n": count, "plan_s": t_resume - t0, "scan_s": t_plan - t0, "run_s": t_run - t_resume,
+            "report_s": t_report - t_run, "zip_s": t_zip - t_report, "rerun_s": t_rerun - t_zip,
+            "images_per_s": result.report["counts"]["written"] / (t_run - t_resume),
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "manifest_mb": manifest / 1e6}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--counts", default="1000,10000,100000")
+    p.add_argument("--max", action="store_true", help="add N = 1,000,000")
+    p.add_argument("--modes", default="local,s3,generate")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gan-scale-inputs")
+    p.add_argument("--one", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        mode, source, out, checkpoint, n = args.one
+        print(RESULT + json.dumps(one(mode, source, out, checkpoint, int(n))), flush=True)
+        return 0
+    counts = [int(c) for c in args.counts.split(",")] + ([1_000_000] if args.max else [])
+    modes = args.modes.split(",")
+    work = Path(tempfile.mkdtemp(prefix="gan-scale-"))
+    tiny_generator(work / "g.pt")
+    tiny_dcgan(work / "d.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    server = None
+    if "s3" in modes:
+        from moto.server import ThreadedMotoServer
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                   AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                "AWS_DEFAULT_REGION")})
+        import boto3
+        boto3.client("s3").create_bucket(Bucket="scale")
+    rows = []
+    for n in counts:
+        make_inputs(args.cache / "photos", n)
+        inputs = work / f"in-{n}"
+        inputs.mkdir()
+        for name in sorted(os.listdir(args.cache / "photos"))[:n]:  # this N's inputs: links, not copies
+            os.symlink(args.cache / "photos" / name, inputs / name)
+        for mode in modes:
+            if mode == "s3":
+                upload(args.cache / "photos", "scale", f"in-{n}", n)
+                source, out = f"s3://scale/in-{n}", f"s3://scale/out-{n}"
+            else:
+                source, out = str(inputs), str(work / f"out-{mode}-{n}")
+            checkpoint = str(work / ("d.pt" if mode == "generate" else "g.pt"))
+            done = subprocess.run([sys.executable, __file__, "--one", mode, source, out, checkpoint, str(n)],
+                                  env=env, capture_output=True, text=True)
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)), None)
+            if line is None:
+                print(f"{mode} N={n}: failed\n{done.stderr[-3000:]}")
+                continue
+            r = json.loads(line[len(RESULT):])
+            rows.append(r)
+            overhead = (r["plan_s"] + r["report_s"] + r["zip_s"]) / r["run_s"]
+            print(f"{mode:8s} N={n:>9,}: plan {r['plan_s']:7.2f} s (scan {r['scan_s']:.2f})  run {r['run_s']:8.1f} s  "
+                  f"report {r['report_s']:5.2f} s  zip {r['zip_s']:6.2f} s  {r['images_per_s']:7.1f} images/s  "
+                  f"overhead {overhead:6.1%}  RSS {r['rss_mib']:7.0f} MiB  manifest {r['manifest_mb']:6.2f} MB  "
+                  f"rerun {r['rerun_s']:6.2f} s", flush=True)
+    print("\n| mode | N | planning s | run s | report + zip s | images/s | vs smallest N | overhead | driver RSS MiB "
+          "| manifest MB | complete rerun s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next(b for b in rows if b["mode"] == r["mode"])
+        print(f"| {r['mode']} | {r['n']:,} | {r['plan_s']:.2f} | {r['run_s']:.1f} | {r['report_s'] + r['zip_s']:.2f} | "
+              f"{r['images_per_s']:.1f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
+              f"{(r['plan_s'] + r['report_s'] + r['zip_s']) / r['run_s']:.1%} | {r['rss_mib']:.0f} | "
+              f"{r['manifest_mb']:.2f} | {r['rerun_s']:.2f} |")
+    if server is not None:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

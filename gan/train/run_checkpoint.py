@@ -1,0 +1,119 @@
+"""What one epoch's run checkpoint folder holds, written by rank 0 and read back when a run continues.
+
+state.pt          the full training state (networks, optimizers, schedules, pools, RNG), epoch and step
+generator.pt      this epoch's generator, exported (`gan.checkpoint`)
+samples.png       the sample grid
+history.json      every epoch's metrics so far
+best_generator.pt, best_samples.png, quality.png
+                  the quality report: the best-scoring epoch's generator and samples, and the score curve
+Everything is loaded with `weights_only=True`, and to the CPU first (a GPU run continues on a CPU and back).
+A checkpoint that cannot be read whole (a truncated or overwritten file) is damaged: a run continues from the
+newest intact one of its folder (`newest_intact`), saying which files it skipped, and stops when none is intact.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gan.checkpoint import GeneratorCheckpoint, from_bytes
+
+STATE_FILE, GENERATOR_FILE, SAMPLES_FILE, HISTORY_FILE = "state.pt", "generator.pt", "samples.png", "history.json"
+BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE = "best_generator.pt", "best_samples.png", "quality.png"
+FOLDER = re.compile(r"checkpoint_epoch_\d+$")  # how Ray Train names our checkpoints in the run's folder
+
+
+class DamagedCheckpoint(ValueError):
+    """A run checkpoint with a file that cannot be read; the message names the checkpoint, the file and why."""
+
+
+def load_state(path: Path) -> dict:
+    """A training state as saved by any device, loaded to CPU.
+
+    Models and optimizers move to the worker's device when loaded into it; RNG states stay CPU ByteTensors
+    (`map_location=<cuda>` would move them and `set_state` would then refuse them).
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class RunCheckpoint:
+    """One epoch's checkpoint as read back; `path` where it is, `skipped` the newer ones found damaged."""
+    state: dict
+    history: list
+    exported: GeneratorCheckpoint
+    best_generator: bytes = b""
+    best_samples: bytes = b""
+    path: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def _read(folder: Path, name: str, what: str, read):
+    try:
+        return read(folder / what)
+    except Exception as e:  # noqa: BLE001 - torch, json and zip raise many types for a damaged file
+        raise DamagedCheckpoint(f"{name}/{what}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                                ) from None
+
+
+def _checked_generator(path: Path) -> bytes:
+    data = path.read_bytes()
+    from_bytes(data, str(path))
+    return data
+
+
+def read_checkpoint(folder: Path, name: str) -> RunCheckpoint:
+    """The checkpoint in `folder`; `name` (its path in the run's storage) names it in errors. DamagedCheckpoint
+    when a file is missing or cannot be read whole."""
+    state = _read(folder, name, STATE_FILE, load_state)
+    if not isinstance(state, dict) or not {"trainer", "epoch", "step"} <= set(state):
+        raise DamagedCheckpoint(f"{name}/{STATE_FILE}: not a training state")
+    history = _read(folder, name, HISTORY_FILE, lambda p: json.loads(p.read_text()))
+    exported = _read(folder, name, GENERATOR_FILE, lambda p: from_bytes(p.read_bytes(), f"checkpoint {name}"))
+    if not (folder / BEST_FILE).exists():
+        return RunCheckpoint(state, history, exported, path=name)
+    best = _read(folder, name, BEST_FILE, _checked_generator)
+    samples = _read(folder, name, BEST_SAMPLES_FILE, lambda p: p.read_bytes())
+    return RunCheckpoint(state, history, exported, best, samples, path=name)
+
+
+def newest_intact(checkpoint) -> RunCheckpoint:
+    """The run checkpoint `checkpoint` (a ray.train.Checkpoint), or when it is damaged the newest intact one before
+    it in the same folder; DamagedCheckpoint naming the damage when none is intact."""
+    import pyarrow.fs
+    import ray.train
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, own = path.rsplit("/", 1) if "/" in path else ("", path)
+    candidates = [path]
+    if FOLDER.match(own):  # older epochs of the same run, newest first
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+        older = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                        and FOLDER.match(i.base_name) and i.base_name < own), reverse=True)
+        candidates += [f"{parent}/{name}" for name in older]
+    damaged: list[str] = []
+    for candidate in candidates:
+        try:
+            with ray.train.Checkpoint(candidate, filesystem=fs).as_directory() as d:
+                saved = read_checkpoint(Path(d), candidate)
+        except (DamagedCheckpoint, OSError) as e:
+            damaged.append(str(e) if isinstance(e, DamagedCheckpoint) else f"{candidate}: {e}")
+            continue
+        saved.skipped = damaged
+        return saved
+    raise DamagedCheckpoint(f"no intact run checkpoint to continue from ({len(damaged)} damaged; newest: {damaged[0]}); "
+                            "remove the run's folder or use another --name")
+
+
+def write_checkpoint(folder: Path, state: dict, generator: bytes, samples: bytes, history: list,
+                     best_generator: bytes = b"", best_samples: bytes = b"", curve: bytes = b"") -> None:
+    torch.save(state, folder / STATE_FILE)
+    (folder / GENERATOR_FILE).write_bytes(generator)
+    (folder / SAMPLES_FILE).write_bytes(samples)
+    (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    if best_generator:
+        (folder / BEST_FILE).write_bytes(best_generator)
+        (folder / BEST_SAMPLES_FILE).write_bytes(best_samples)
+        (folder / CURVE_FILE).write_bytes(curve)

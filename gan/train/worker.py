@@ -1,0 +1,250 @@
+"""The loop each Ray Train worker runs: build data and models, continue from the run's checkpoint, train epochs,
+report each (with a checkpoint every K epochs).
+
+Each worker holds all training images (encoded) and reads its own shard per epoch through a DistributedSampler;
+every network is wrapped in DDP by `prepare_model`. Global batch = batch_size x workers.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.models.registry import get_model
+from gan.train.data import DeviceLoader, decoded_bytes, load_encoded_images, training_set, training_sources
+from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
+from gan.train.run_checkpoint import newest_intact, write_checkpoint
+from gan.train.samples import sample_grid, sample_inputs
+from gan.train.settings import TrainSettings
+
+# A callable (event, rank, epoch) that tests pass in to inject faults from the outside; events are "setup"
+# (before data and models are built) and "mid_epoch" (once per epoch, halfway). Production passes none.
+LoopHook = Callable[[str, int, int], None]
+
+
+class TrainingError(ValueError):
+    """Training stopped for a reason that a retry cannot fix (bad data, settings or checkpoint); one line."""
+
+
+@dataclass
+class _Run:
+    """Everything one worker trains with, built by `_setup`."""
+    spec: object
+    trainer: object
+    loader: object
+    fixed: object                   # sample-grid inputs: Photos or Seeds
+    model_cfg: object
+    start_epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    evaluator: InTrainingEval | None = None  # on rank 0 only
+    best: Best = field(default_factory=Best)
+    skipped: list = field(default_factory=list)  # damaged checkpoints passed over when continuing
+
+
+def _start_checkpoint(start_from: str | None):
+    """The run's latest checkpoint, else the other run's checkpoint it was told to start from (or None)."""
+    import ray.train
+
+    from gan.io.storage import arrow_filesystem
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and start_from:
+        path, fs = arrow_filesystem(start_from)
+        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
+    return checkpoint
+
+
+def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int,
+           start_from: str | None = None) -> _Run:
+    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from."""
+    import ray.train.torch as rt
+    if hook:
+        hook("setup", rank, 0)
+    spec = get_model(settings.model)
+    model_cfg = settings.build_model_config()
+    images = {source: load_encoded_images(getattr(settings, source))[0] for source in training_sources(spec)}
+    wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
+    device = rt.get_device()
+    trainer = spec.trainer(model_cfg, device, wrap, seed=settings.seed, precision=settings.precision,
+                           compile=settings.compile)
+    trainer.data_init(images)
+    # The order of every epoch is one permutation of (seed, epoch) shared out by rank, at any world size: with
+    # the per-item augmentation (ImageDataset.set_epoch), N workers x batch B see what one worker x batch N*B sees.
+    dataset = training_set(spec, images, model_cfg)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=settings.seed, drop_last=True)
+    if _data_on_device(settings, dataset, device):
+        loader = DeviceLoader(dataset, sampler, settings.batch_size, device)
+    else:
+        loader = rt.prepare_data_loader(
+            torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
+                                        num_workers=settings.loader_workers, pin_memory=device.type == "cuda"),
+            add_dist_sampler=False)
+    fixed = sample_inputs(spec, images, model_cfg, settings.sample_count, settings.seed)
+    run = _Run(spec, trainer, loader, fixed, model_cfg)
+    if rank == 0 and settings.eval_photos > 0:
+        run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, device,
+                                       settings.seed)
+
+    checkpoint = _start_checkpoint(start_from)
+    if checkpoint:
+        saved = newest_intact(checkpoint)
+        if saved.exported.kind != settings.model:
+            raise TrainingError(f"run checkpoint {saved.path} is a {saved.exported.kind} run; this run trains "
+                                f"{settings.model}: use another --name or --storage")
+        try:
+            trainer.load_state_dict(saved.state["trainer"])
+        except (KeyError, RuntimeError) as e:
+            raise TrainingError(f"run checkpoint {saved.path} does not fit these model sizes "
+                                f"({str(e).splitlines()[0][:200]}): use the run's sizes or another --name") from None
+        run.skipped = saved.skipped
+        run.history = saved.history
+        if saved.best_generator:
+            top = min((h for h in run.history if SCORE in h), key=lambda h: h[SCORE])
+            run.best = Best(top["epoch"], top[SCORE], saved.best_generator, saved.best_samples)
+        run.start_epoch, run.step = saved.state["epoch"] + 1, saved.state["step"]
+    return run
+
+
+def _data_on_device(settings: TrainSettings, dataset, device: torch.device) -> bool:
+    """Told, or by default on CUDA when the decoded images take under a quarter of the device's memory."""
+    if settings.data_on_device is not None:
+        return settings.data_on_device
+    return device.type == "cuda" and decoded_bytes(dataset) < torch.cuda.get_device_properties(device).total_memory / 4
+
+
+def _setup_errors(error: str, world: int) -> str:
+    """The first setup error of any rank, known to every rank (so all stop together, before any barrier)."""
+    if world == 1 or not torch.distributed.is_initialized():
+        return error
+    errors: list = [None] * world
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e), "")
+
+
+def _node_count(world: int) -> int:
+    """How many nodes the workers of this attempt run on (recorded per epoch: placement and elastic resizes)."""
+    import ray
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return 1
+    nodes: list = [None] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
+def _wait_at_gate(gate, epoch: int) -> None:
+    """Block until the driver has handled `epoch` (polled, so no collective times out however long it takes)."""
+    import ray
+    while ray.get(gate.opened.remote()) < epoch:
+        time.sleep(0.05)
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Prepare data and models, then loop: train an epoch, report metrics (and a checkpoint every K epochs).
+
+    Returns {"error": line} instead of raising when setup meets what no retry can fix, so Ray Train does
+    not restart the workers for it; the driver raises it as a TrainingError.
+    """
+    import ray.train
+
+    settings, hook = TrainSettings(**config["settings"]), config.get("hook")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    error, run = "", None
+    try:
+        run = _setup(settings, hook, rank, world, config.get("start_from"))
+    except (ValueError, ImportError) as e:  # bad data, sizes, checkpoint, a missing package: every attempt alike
+        error = str(e)
+    error = _setup_errors(error, world)
+    if error:
+        return {"error": error}
+    nodes, name = _node_count(world), ctx.get_experiment_name()
+
+    for epoch in range(run.start_epoch, settings.epochs):
+        metrics = {**_train_epoch(settings, run, hook, epoch, rank, world), "workers": world, "nodes": nodes,
+                   "run": name}  # which run trained the epoch: a history carried on (PBT) says so
+        if run.skipped and epoch == run.start_epoch:  # the driver says which checkpoints it passed over
+            metrics["damaged_checkpoints"] = run.skipped
+        last = epoch == settings.epochs - 1
+        if run.evaluator is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+            metrics.update(_evaluate(settings, run, epoch))
+        run.history.append(metrics)
+        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):
+            with tempfile.TemporaryDirectory() as tmp:
+                _write_checkpoint(Path(tmp), settings, run, epoch)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:05d}")
+        else:
+            ray.train.report(metrics)
+        if config.get("gate") is not None and not last:
+            _wait_at_gate(config["gate"], epoch)
+    return None
+
+
+def _exported(settings: TrainSettings, run: _Run, epoch: int) -> bytes:
+    return to_bytes(generator_checkpoint(settings.model, run.model_cfg, run.trainer.generator, epoch, run.step))
+
+
+def _evaluate(settings: TrainSettings, run: _Run, epoch: int) -> dict:
+    """Score this epoch's generator; keep it (and its samples) when it is the best so far."""
+    generator = run.trainer.generator
+    scores = run.evaluator.score(generator)
+    if scores[SCORE] < run.best.score:  # build the checkpoint bytes and samples only for a new best
+        run.best.update(epoch, scores[SCORE], _exported(settings, run, epoch),
+                        sample_grid(run.spec, generator, run.fixed))
+    return {**scores, "best_epoch": run.best.epoch, "best_" + SCORE: run.best.score}
+
+
+def _write_checkpoint(folder: Path, settings: TrainSettings, run: _Run, epoch: int) -> None:
+    trainer = run.trainer
+    write_checkpoint(folder, {"trainer": trainer.state_dict(), "epoch": epoch, "step": run.step},
+                     _exported(settings, run, epoch), sample_grid(run.spec, trainer.generator, run.fixed),
+                     run.history, run.best.generator, run.best.samples,
+                     curve_png(run.history) if run.best.generator else b"")
+
+
+def _train_epoch(settings: TrainSettings, run: _Run, hook: LoopHook | None, epoch: int, rank: int,
+                 world: int) -> dict:
+    """One pass over this worker's shard; the epoch's mean losses, speed and LR."""
+    trainer, loader = run.trainer, run.loader
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch, settings.seed)
+    torch.manual_seed(settings.seed * 100_003 + epoch * 1_009 + rank)
+    sums: dict[str, torch.Tensor] = {}  # on the device: the losses are read once per epoch, not once per step
+    images, t0 = 0, time.perf_counter()
+    n_steps = len(loader) if settings.steps_per_epoch is None else min(len(loader), settings.steps_per_epoch)
+    for i, batch in enumerate(loader):
+        if i >= n_steps:
+            break
+        if hook and i == n_steps // 2:
+            hook("mid_epoch", rank, epoch)
+        losses = trainer.step(*batch) if isinstance(batch, (list, tuple)) else trainer.step(batch)
+        for k, v in losses.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        run.step += 1
+        images += settings.batch_size
+    means = {k: v.item() / max(n_steps, 1) for k, v in sums.items()}  # the one host sync: the epoch's work is done
+    seconds = time.perf_counter() - t0
+    lr = trainer.opt_g.param_groups[0]["lr"]
+    trainer.end_epoch()
+    return {"epoch": epoch, "step": run.step, **means,
+            "images_per_s": images * world / seconds if seconds > 0 else 0.0, "seconds": seconds,
+            "lr": lr, "torch_threads": torch.get_num_threads(), **_speed_facts(settings, trainer.device)}
+
+
+def _speed_facts(settings: TrainSettings, device: torch.device) -> dict:
+    """On CUDA, the peak GPU memory so far (GiB); with --compile, the graphs this worker has compiled so far:
+    the first epoch compiles (and is slower for it), a count that grows after it means recompiles."""
+    facts = {}
+    if device.type == "cuda":
+        facts["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if settings.compile is not None:
+        from torch._dynamo.utils import counters  # imported with torch.compile itself: only when it is used
+        facts["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+    return facts

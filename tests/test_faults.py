@@ -1,0 +1,202 @@
+"""Faults a production user meets: S3 going away mid-job, a full disk, a damaged checkpoint, a stop signal. Each
+ends with the work going on, or one line naming the cause; a rerun then completes the job exactly once. Every
+fault is triggered at a known point (after K outputs, at a given batch), not by a sleep that races the job."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan.batch.engine import MANIFEST, REPORT, BatchOptions, GeneratorActor
+from gan.batch.stylize import stylize
+from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.io.images import decode_image
+from gan.io.storage import LocalStorage, StorageFullError, StorageUnavailableError, open_storage
+from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
+from gan.train.demo_data import write_demo_data
+from gan.train.run_checkpoint import STATE_FILE
+from jobs.cli import run_main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("photos")
+    write_demo_data(out, photos=40, paintings=0, seed=3)
+    return out / "photo_jpg"
+
+
+class SlowActor(GeneratorActor):
+    """A batch takes at least 0.3 s, so a fault the test sets off after K outputs finds the job still running."""
+
+    def __call__(self, batch: dict) -> dict:
+        time.sleep(0.3)
+        return super().__call__(batch)
+
+
+def _opts(ckpt: str, out, **kw) -> BatchOptions:
+    return BatchOptions(checkpoint=ckpt, output=out if not isinstance(out, (str, Path)) else open_storage(str(out)),
+                        batch_size=4, progress=False, **kw)
+
+
+def _in_thread(fn):
+    done: dict = {}
+
+    def run():
+        try:
+            done["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            done["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def _s3_outputs(s3, bucket: str, prefix: str) -> list[str]:
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    return [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith(".jpg")]
+
+
+def _wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class FillsUp(LocalStorage):
+    """A disk with room for `room` images: each JPEG write claims a numbered slot (atomically, whichever process
+    writes), and the write that finds none left fails halfway with ENOSPC, as the kernel's would."""
+
+    def __init__(self, root: str, slots: str, room: int):
+        super().__init__(root)
+        self.slots, self.room = slots, room
+
+    def write(self, key: str, data: bytes) -> None:
+        if not key.endswith(".jpg"):
+            return super().write(key, data)
+        for slot in range(self.room + 1):
+            try:
+                os.close(os.open(os.path.join(self.slots, str(slot)), os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                continue
+        with self.open_write(key) as f:
+            f.write(data[:100])
+            if slot >= self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            f.write(data[100:])
+
+
+def test_a_full_disk_stops_the_job_with_one_line_and_the_rerun_completes(ray_cluster, ckpt, photos, tmp_path):
+    out, slots = tmp_path / "out", tmp_path / "slots"
+    slots.mkdir()
+    with pytest.raises(StorageFullError) as stopped:
+        stylize(str(photos), _opts(ckpt, FillsUp(str(out), str(slots), room=12)))
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith("stylize stopped: no space left on /")
+    said = re.search(r"at least (\d+) of 40 outputs are done", message)
+    assert f"(writing {out}/" in message and said and int(said.group(1)) <= 12
+    written = sorted(out.glob("*.jpg"))
+    assert len(written) == 12 and not list(out.glob(".tmp-*"))  # no half-written file, none under a final name
+    assert all(decode_image(p.read_bytes(), p.name).shape == (256, 256, 3) for p in written)
+    assert (out / MANIFEST).exists() and not (out / REPORT).exists()  # the job is not recorded as finished
+    again = stylize(str(photos), _opts(ckpt, out))  # space freed: the same job completes, exactly once
+    assert again.report["counts"] == {"inputs": 40, "outputs": 40, "written": 28, "skipped_existing": 12,
+                                      "rejected": 0}
+
+
+def test_the_command_line_says_an_outage_or_a_full_disk_in_one_line_with_exit_1(capsys):
+    for fault in (StorageFullError("stylize stopped: no space left on / (writing /x/a.jpg); 3 of 9 outputs are done"),
+                  StorageUnavailableError("stylize stopped: S3 at http://h did not answer for 60 s (...); 3 of 9 "
+                                          "outputs are done")):
+        def main(argv, fault=fault):
+            raise fault
+        assert run_main(main, []) == 1  # fixed outside the job (space, the endpoint): a rerun continues
+        assert capsys.readouterr().err == f"error: {fault}\n"
+
+
+def test_a_failed_write_leaves_no_temp_file_and_names_the_device(tmp_path, monkeypatch):
+    storage = LocalStorage(str(tmp_path))
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(StorageFullError, match=r"no space left on /.* \(writing .*a\.jpg\)"):
+        storage.write("a.jpg", b"x" * 1000)
+    assert os.listdir(tmp_path) == []
+
+
+TERM_AT_BATCH = """
+import os, signal, sys
+import gan.batch.engine as engine
+from jobs import stylize as stylize_job
+from jobs.cli import run_main
+
+class TermAtBatch(engine.GeneratorActor):
+    calls = 0
+
+    def __call__(self, batch):
+        TermAtBatch.calls += 1
+        if TermAtBatch.calls == 4:  # a known point: 3 batches through the model, the rest not yet
+            os.kill(int(os.environ["DRIVER_PID"]), signal.SIGTERM)
+        return super().__call__(batch)
+
+if __name__ == "__main__":
+    os.environ["DRIVER_PID"] = str(os.getpid())
+    engine.GeneratorActor = TermAtBatch
+    sys.exit(run_main(stylize_job.main, sys.argv[1:]))
+"""
+
+
+def _ours(stderr: str) -> list[str]:
+    """stderr's lines less those the shared test cluster's workers forward (a job's own Ray keeps them in its logs)."""
+    return [ln for ln in stderr.strip().splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=", ln)]
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_none_intact_fails_at_once(ray_cluster, demo_data, tmp_path,
+                                                                              capsys):
+    from jobs import train as train_job
+    base = ["--model", "cyclegan", "--data", str(demo_data), "--image-size", "32", "--ngf", "8", "--ndf", "8",
+            "--n-blocks", "1", "--batch-size", "4", "--eval-photos", "0", "--storage", str(tmp_path / "runs"),
+            "--name", "d"]
+    assert train_job.main([*base, "--epochs", "2"]) == 0
+    run = tmp_path / "runs" / "d"
+    latest = sorted(run.glob("checkpoint_epoch_*"))[-1]
+    state = latest / STATE_FILE
+    state.write_bytes(state.read_bytes()[:1000])  # truncated
+    capsys.readouterr()
+    assert train_job.main([*base, "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped a damaged checkpoint: {latest}/{STATE_FILE}" in out
+    history = json.loads((sorted(run.glob("checkpoint_epoch_*"))[-1] / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # continued from the first epoch's checkpoint
+    for folder in run.glob("checkpoint_epoch_*"):
+        (folder / STATE_FILE).write_bytes(b"garbage")
+    code = run_main(train_job.main, [*base, "--epochs", "4"])
+    err = _ours(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and "no intact run checkpoint to continue from" in err[0]
+
+
+def test_a_damaged_generator_file_is_one_line_and_exit_2(ray_cluster, ckpt, photos, tmp_path, capsys):
+    from jobs import stylize as stylize_job
+    broken = tmp_path / "g.pt"
+    broken.write_bytes(Path(ckpt).read_bytes()[:5000])
+    code = run_main(stylize_job.main, ["--checkpoint", str(broken), "--input", str(photos), "--output",
+                                       str(tmp_path / "o"), "--no-progress"])
+    err = _ours(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0] and "Traceback" not in err[0]

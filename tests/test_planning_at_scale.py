@@ -1,0 +1,105 @@
+"""The manifest contract at 10,000 inputs, planned without running a model (no Ray needed): a rerun reads no input
+whose file has not changed, yet one input modified among 10,000 is seen and named; a copied folder is digested
+again and is still the same job; --verify-inputs digests everything."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan.batch.engine import MANIFEST, BatchOptions, JobMismatchError
+from gan.batch.stylize import stylize_job
+from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.io.storage import LocalStorage, open_storage
+from gan.models.cyclegan import CycleGANConfig, build_generator
+
+N = 10_000
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    cfg = CycleGANConfig(ngf=2, n_blocks=0)
+    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", cfg, build_generator(cfg))))
+    return str(path)
+
+
+@pytest.fixture
+def digests(monkeypatch) -> list[str]:
+    """The keys whose bytes the planning read to digest them."""
+    read: list[str] = []
+    original = LocalStorage.content_tag
+
+    def counted(self, key):
+        read.append(key)
+        return original(self, key)
+    monkeypatch.setattr(LocalStorage, "content_tag", counted)
+    return read
+
+
+def _inputs(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for i in range(n):  # planning never decodes: any bytes will do
+        (folder / f"photo-{i:05d}.jpg").write_bytes(b"photo %05d" % i)
+    return folder
+
+
+def _plan(ckpt: str, src: Path, out: Path, **kw):
+    """Plan the job and check it against its output folder (what a run does before the first image moves)."""
+    job = stylize_job(str(src), BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), progress=False, **kw))
+    assert job.resume() is None
+    return job
+
+
+def _modify_in_place(path: Path, keep_mtime: bool = False) -> None:
+    st = path.stat()
+    with open(path, "r+b") as f:  # same size, same inode
+        f.write(b"PHOTO")
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_rerun_reads_no_unchanged_input_and_one_modified_among_10000_is_named(ckpt, tmp_path, digests):
+    src, out = _inputs(tmp_path / "in", N), tmp_path / "out"
+    first = _plan(ckpt, src, out)
+    assert len(first.todo) == N and len(digests) == N  # the first run digests every input once
+    digests.clear()
+    written = (out / MANIFEST).stat().st_mtime_ns
+    again = _plan(ckpt, src, out)
+    assert len(again.todo) == N and digests == []       # the rerun reads none of them
+    assert (out / MANIFEST).stat().st_mtime_ns == written  # and leaves the manifest as it was
+
+    _modify_in_place(src / "photo-04711.jpg")
+    with pytest.raises(JobMismatchError, match=r"holds a different stylize job \(1 input changed "
+                                               r"\(photo-04711\.jpg\)\).*--overwrite"):
+        _plan(ckpt, src, out)
+    assert digests == ["photo-04711.jpg"]  # only the file whose mtime changed was read
+
+
+def test_a_copied_folder_is_digested_again_and_is_still_the_same_job(ckpt, tmp_path, digests):
+    src, out = _inputs(tmp_path / "in", 1000), tmp_path / "out"
+    _plan(ckpt, src, out)
+    manifest = (out / MANIFEST).read_bytes()
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)  # new inodes and mtimes, the same bytes
+    digests.clear()
+    job = _plan(ckpt, copy, out)  # not refused
+    assert len(digests) == 1000 and len(job.todo) == 1000
+    assert (out / MANIFEST).read_bytes() != manifest  # it records the copy's stats, so the next rerun reads none
+    digests.clear()
+    _plan(ckpt, copy, out)
+    assert digests == []
+
+
+def test_verify_inputs_sees_a_change_that_kept_size_mtime_and_inode(ckpt, tmp_path, digests):
+    src, out = _inputs(tmp_path / "in", 1000), tmp_path / "out"
+    _plan(ckpt, src, out)
+    _modify_in_place(src / "photo-00042.jpg", keep_mtime=True)
+    digests.clear()
+    with pytest.raises(JobMismatchError, match=r"1 input changed \(photo-00042\.jpg\)"):
+        _plan(ckpt, src, out, verify_inputs=True)
+    assert len(digests) == 1000
