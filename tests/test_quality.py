@@ -105,11 +105,12 @@ def test_crop_preprocessing_trains_on_pieces_at_the_scale_of_inference():
 
     from gan.io.images import encode_jpeg
     from gan.models.cyclegan import SPEC, CycleGANConfig
+    from gan.train.data import training_set
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     images = {"photos": [("p.jpg", encode_jpeg(pixels))], "paintings": [("m.jpg", encode_jpeg(pixels))]}
-    crop = SPEC.dataset(images, CycleGANConfig(image_size=64, preprocess="crop")).photos
-    paper = SPEC.dataset(images, CycleGANConfig(image_size=64)).photos
+    crop = training_set(SPEC, images, CycleGANConfig(image_size=64, preprocess="crop")).photos
+    paper = training_set(SPEC, images, CycleGANConfig(image_size=64, preprocess="resize_and_crop")).photos
     assert crop.load_size == 256 and paper.load_size == 72  # crop: a 64 px piece of the 256 px photo
     assert crop[0].shape == paper[0].shape == (3, 64, 64)
     with pytest.raises(ValueError, match="preprocess must be one of"):
@@ -119,10 +120,12 @@ def test_crop_preprocessing_trains_on_pieces_at_the_scale_of_inference():
 def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     _, s = train_job.parse(["--recipe", "kaggle-cpu", "--data", "d", "--ngf", "8"])
     cfg = s.build_model_config()
-    assert (cfg.residual, cfg.preprocess, cfg.upsample, cfg.lambda_cycle, cfg.lambda_identity, cfg.diffaugment) == (
-        True, "crop", "resize", 1.0, 0.0, "translation,cutout")
-    assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.eval_every == 2 and s.cpus_per_worker == 2.0
-    assert (s.epochs, cfg.decay_epochs) == (16, 8)  # the LR decays over the second half
+    assert s.model == "cut" and (cfg.residual, cfg.colour, cfg.preprocess, cfg.image_size, cfg.lambda_nce,
+                                 cfg.ema, cfg.diffaugment) == (True, True, "crop", 64, 1.0, 0.995, "translation,cutout")
+    assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.batch_size == 8 and s.eval_every == 5 and s.cpus_per_worker == 2.0
+    assert (s.epochs, cfg.decay_epochs) == (10, 5)  # the LR decays over the second half
+    _, old = train_job.parse(["--recipe", "cyclegan-cpu", "--data", "d"])  # the CycleGAN recipe, still by name
+    assert old.model == "cyclegan" and old.build_model_config().lambda_cycle == 1.0
     _, g = train_job.parse(["--recipe", "kaggle", "--data", "d", "--epochs", "2"])  # the GPU recipe: full size
     cfg = g.build_model_config()
     assert (cfg.image_size, cfg.ngf, cfg.n_blocks, cfg.upsample, cfg.residual, cfg.ema) == (256, 64, 9, "resize", True, 0.999)
