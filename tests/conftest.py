@@ -137,3 +137,16 @@ def kaggle_data() -> Path:
     if not KAGGLE.exists():
         pytest.skip(f"competition images not found at {KAGGLE} (see shared/data README)")
     return KAGGLE
+
+
+@pytest.fixture(scope="session")
+def cyclegan_ckpt(tmp_path_factory) -> str:
+    """A small CycleGAN generator checkpoint (ngf 8, one block) for the batch jobs' tests."""
+    import torch
+
+    from gan.checkpoint import generator_checkpoint, to_bytes
+    from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
+    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
+    return str(path)

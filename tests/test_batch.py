@@ -14,7 +14,6 @@ import torch
 
 from gan.batch.engine import MANIFEST, REPORT, BatchOptions, GeneratorActor, summary_line
 from gan.checkpoint import CheckpointError, generator_checkpoint, to_bytes
-from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
 from gan.models.dcgan import DCGANConfig, DCGANGenerator
 from gan.train.demo_data import write_demo_data
 from gan.batch.generate import generate
@@ -25,14 +24,6 @@ from gan.batch.stylize import photos_of, stylize
 from gan.batch.submission import SubmissionError, assemble, check_zip
 from tests.conftest import ROOT
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
-
-
-@pytest.fixture(scope="module")
-def cyclegan_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
-    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

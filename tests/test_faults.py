@@ -12,25 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from gan.batch.engine import MANIFEST, REPORT, BatchOptions, GeneratorActor
 from gan.batch.stylize import stylize
-from gan.checkpoint import generator_checkpoint, to_bytes
 from gan.io.images import decode_image
 from gan.io.storage import LocalStorage, StorageFullError, StorageUnavailableError, open_storage
-from gan.models.cyclegan import CycleGANConfig, ResnetGenerator
 from gan.train.demo_data import write_demo_data
 from gan.train.run_checkpoint import STATE_FILE
 from jobs.cli import run_main
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "g.pt"
-    path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +91,11 @@ class FillsUp(LocalStorage):
             f.write(data[100:])
 
 
-def test_a_full_disk_stops_the_job_with_one_line_and_the_rerun_completes(ray_cluster, ckpt, photos, tmp_path):
+def test_a_full_disk_stops_the_job_with_one_line_and_the_rerun_completes(ray_cluster, cyclegan_ckpt, photos, tmp_path):
     out, slots = tmp_path / "out", tmp_path / "slots"
     slots.mkdir()
     with pytest.raises(StorageFullError) as stopped:
-        stylize(str(photos), _opts(ckpt, FillsUp(str(out), str(slots), room=12)))
+        stylize(str(photos), _opts(cyclegan_ckpt, FillsUp(str(out), str(slots), room=12)))
     message = str(stopped.value)
     assert "\n" not in message and message.startswith("stylize stopped: no space left on /")
     said = re.search(r"at least (\d+) of 40 outputs are done", message)
@@ -115,7 +104,7 @@ def test_a_full_disk_stops_the_job_with_one_line_and_the_rerun_completes(ray_clu
     assert len(written) == 12 and not list(out.glob(".tmp-*"))  # no half-written file, none under a final name
     assert all(decode_image(p.read_bytes(), p.name).shape == (256, 256, 3) for p in written)
     assert (out / MANIFEST).exists() and not (out / REPORT).exists()  # the job is not recorded as finished
-    again = stylize(str(photos), _opts(ckpt, out))  # space freed: the same job completes, exactly once
+    again = stylize(str(photos), _opts(cyclegan_ckpt, out))  # space freed: the same job completes, exactly once
     assert again.report["counts"] == {"inputs": 40, "outputs": 40, "written": 28, "skipped_existing": 12,
                                       "rejected": 0}
 
@@ -192,10 +181,10 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_none_intact_fails_at_once(ra
     assert code == 2 and len(err) == 1 and "no intact run checkpoint to continue from" in err[0]
 
 
-def test_a_damaged_generator_file_is_one_line_and_exit_2(ray_cluster, ckpt, photos, tmp_path, capsys):
+def test_a_damaged_generator_file_is_one_line_and_exit_2(ray_cluster, cyclegan_ckpt, photos, tmp_path, capsys):
     from jobs import stylize as stylize_job
     broken = tmp_path / "g.pt"
-    broken.write_bytes(Path(ckpt).read_bytes()[:5000])
+    broken.write_bytes(Path(cyclegan_ckpt).read_bytes()[:5000])
     code = run_main(stylize_job.main, ["--checkpoint", str(broken), "--input", str(photos), "--output",
                                        str(tmp_path / "o"), "--no-progress"])
     err = _ours(capsys.readouterr().err)

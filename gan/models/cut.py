@@ -25,7 +25,7 @@ from gan.io.images import decode_image, to_tensor
 from gan.models.colour import target_stats
 from gan.models.diffaugment import diff_augment
 from gan.models.inference import Stylize
-from gan.models.layers import autocast, compiled, mark_step, set_requires_grad, unwrap
+from gan.models.layers import autocast, check_one_of, compiled, mark_step, set_requires_grad, unwrap
 from gan.models.losses import check_gan_loss, d_loss, g_loss
 from gan.models.networks import (D_NORMS, UPSAMPLE, PatchDiscriminator, PatchSampler, ResnetGenerator, UnetGenerator,
                                  feature_norm, patch_nce)
@@ -73,18 +73,14 @@ class CUTConfig:
     preprocess: str = "crop"  # crops of the 256 px images (the scale of inference) | the paper's resize + crop
 
     def __post_init__(self):
-        if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
-        if self.upsample not in UPSAMPLE:
-            raise ValueError(f"upsample must be one of {UPSAMPLE}, got {self.upsample!r}")
-        if self.preprocess not in PREPROCESS:
-            raise ValueError(f"preprocess must be one of {PREPROCESS}, got {self.preprocess!r}")
+        check_one_of("generator", self.generator, GENERATORS)
+        check_one_of("upsample", self.upsample, UPSAMPLE)
+        check_one_of("preprocess", self.preprocess, PREPROCESS)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         check_gan_loss(self.gan_loss)
         feature_norm(self.g_norm)
-        if self.d_norm not in D_NORMS:
-            raise ValueError(f"d_norm must be one of {D_NORMS}, got {self.d_norm!r}")
+        check_one_of("d_norm", self.d_norm, D_NORMS)
         self.layers()
 
     def layers(self) -> list[int] | None:

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gan.models.diffaugment import diff_augment
 from gan.models.image_pool import ImagePool
 from gan.models.inference import Stylize
-from gan.models.layers import autocast, compiled, mark_step, set_requires_grad, unwrap
+from gan.models.layers import autocast, check_one_of, compiled, mark_step, set_requires_grad, unwrap
 from gan.models.losses import lsgan_loss
 from gan.models.networks import UPSAMPLE, PatchDiscriminator, ResnetGenerator
 from gan.models.schedule import adam, apply_lr, linear_decay, load_optimizer
@@ -47,10 +47,8 @@ class CycleGANConfig:
                                          # "crop": image_size crops of the 256 px images, at the scale of inference
 
     def __post_init__(self):
-        if self.upsample not in UPSAMPLE:
-            raise ValueError(f"upsample must be one of {UPSAMPLE}, got {self.upsample!r}")
-        if self.preprocess not in PREPROCESS:
-            raise ValueError(f"preprocess must be one of {PREPROCESS}, got {self.preprocess!r}")
+        check_one_of("upsample", self.upsample, UPSAMPLE)
+        check_one_of("preprocess", self.preprocess, PREPROCESS)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 

@@ -6,6 +6,12 @@ import torch
 import torch.nn as nn
 
 
+def check_one_of(name: str, value, choices: tuple) -> None:
+    """A config field that must be one of `choices`: a ValueError naming the field otherwise."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     """N(0, 0.02) init as in the CycleGAN and DCGAN papers."""
     for m in module.modules():

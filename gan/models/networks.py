@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gan.models.colour import ColourTransfer
-from gan.models.layers import init_weights
+from gan.models.layers import check_one_of, init_weights
 
 UPSAMPLE = ("transpose", "resize")
 G_NORMS = ("instance", "none")
@@ -24,8 +24,7 @@ G_NORMS = ("instance", "none")
 def feature_norm(kind: str):
     """Instance norm (the papers'), or none: a generator without it computes the same on a crop as on the whole
     image, so what it learns on training crops is what it does at 256 px. Either keeps the layers' indices."""
-    if kind not in G_NORMS:
-        raise ValueError(f"g_norm must be one of {G_NORMS}, got {kind!r}")
+    check_one_of("g_norm", kind, G_NORMS)
     return nn.InstanceNorm2d if kind == "instance" else (lambda channels: nn.Identity())
 
 
@@ -46,8 +45,7 @@ def upsampler(cin: int, cout: int, kind: str) -> nn.Module:
     """x2 upsampling: the paper's transposed convolution, or resize-convolution (Odena et al. 2016), whose kernel
     overlap is even everywhere, so it paints no checkerboard. One module either way, so layer indices (and the
     checkpoints of the paper's generator) stay as they were."""
-    if kind not in UPSAMPLE:
-        raise ValueError(f"upsample must be one of {UPSAMPLE}, got {kind!r}")
+    check_one_of("upsample", kind, UPSAMPLE)
     if kind == "transpose":
         return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3))
@@ -185,8 +183,7 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 3, norm: str = "instance"):
         super().__init__()
-        if norm not in D_NORMS:
-            raise ValueError(f"d_norm must be one of {D_NORMS}, got {norm!r}")
+        check_one_of("d_norm", norm, D_NORMS)
         spectral = norm == "spectral"
         feature_norm = (lambda c: nn.Identity()) if spectral else nn.InstanceNorm2d  # noqa: E731
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
