@@ -372,8 +372,8 @@ def test_browser_page_shows_nothing_broken_then_waits_then_the_painting_or_the_e
         assert page.is_visible("#wait") and "Painting" in page.inner_text("#status")
         page.wait_for_selector("#original", state="visible", timeout=30_000)  # once the browser decoded it
         assert page.evaluate(visible_images) == ["original"]  # the photo, and a waiting box, not a broken image
+        held[0].continue_()  # before unroute, which would settle a held route itself
         page.unroute("**/stylize")
-        held[0].continue_()
         page.wait_for_selector("body[data-state='done']", timeout=30_000)
         size = page.evaluate("() => [document.getElementById('painting').naturalWidth, "
                              "document.getElementById('painting').naturalHeight]")
