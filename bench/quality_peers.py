@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.picture and args.generator:
         photos_row = [decode_image(q.read_bytes(), q.name) for q in picks]
         peer = [images for label, images in sheet if label.startswith("colour transfer")]
+        if not peer:  # not scored this run: the picture still shows it (the 8 photos only, seconds)
+            colour_transfer(picks, paintings, work / "colour-transfer")
+            peer = [[decode_image((work / "colour-transfer" / (q.stem + ".jpg")).read_bytes(), q.name)
+                     for q in picks]]
         rows = [photos_row, *peer, sheet[-1][1]]  # photo / colour transfer (when measured) / ours
         args.picture.write_bytes(labelled_rows([("", r) for r in rows], size=160, label_width=0, colours=256))
         print(f"wrote {args.picture} ({args.picture.stat().st_size / 1e3:.0f} KB)")

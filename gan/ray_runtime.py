@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 _verbose = False
 # The GCS address of the Ray this process started itself (address="local"): that one has no autoscaler and never
@@ -53,6 +55,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     quiet = {} if _verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
     if not _verbose:
         _native_stderr_to_file()
+    term = _python_sigterm_handler()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
@@ -64,6 +67,14 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours are drawn by the driver
         set_verbose(False)  # ray.init configures Ray's loggers again
+    if term is not None:  # Ray's native crash handler took SIGTERM over (and aborts the process on it): give it back
+        signal.signal(signal.SIGTERM, term)
+
+
+def _python_sigterm_handler():
+    """The job's own SIGTERM handler (jobs.cli turns SIGTERM into Ctrl-C), when there is one and it can be reset."""
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) and threading.current_thread() is threading.main_thread() else None
 
 
 def shutdown_embedded() -> None:

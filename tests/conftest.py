@@ -22,21 +22,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-MOTO: dict = {}  # the session's S3 server, for the tests that take it away and bring it back (s3_down, s3_up)
-
-
-def s3_down() -> None:
-    """The S3 endpoint goes away: the server stops and closes its socket, so connections are refused."""
-    server = MOTO["server"]
-    server.stop()
-    server._server.server_close()
-
-
-def s3_up() -> None:
-    """The S3 endpoint comes back on the same port, with the same buckets (moto keeps them in this process)."""
-    MOTO["server"].start()
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint; code reaches it only through AWS_ENDPOINT_URL, like MinIO or R2."""
@@ -44,7 +29,6 @@ def s3_endpoint():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    MOTO["server"] = server
     url = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,11 +17,13 @@ import pytest
 
 from gan.batch.engine import MANIFEST, REPORT, BatchOptions, GeneratorActor
 from gan.batch.stylize import stylize
+from gan.batch.submission import assemble
 from gan.io.images import decode_image
 from gan.io.storage import LocalStorage, StorageFullError, StorageUnavailableError, open_storage
 from gan.train.demo_data import write_demo_data
 from gan.train.run_checkpoint import STATE_FILE
 from jobs.cli import run_main
+from tests.outage import OutageProxy
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,40 @@ def test_a_full_disk_stops_the_job_with_one_line_and_the_rerun_completes(ray_clu
                                       "rejected": 0}
 
 
+def _zip_of(uri: str, tmp_path: Path, name: str) -> bytes:
+    assemble(open_storage(uri), str(tmp_path / name), min_images=1)
+    return (tmp_path / name).read_bytes()
+
+
+def test_an_s3_outage_within_the_window_is_ridden_out_and_the_zip_is_unchanged(
+        ray_cluster, cyclegan_ckpt, photos, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
+    """Stylize S3 -> S3 while the endpoint goes away after 8 outputs and comes back after the job met the outage
+    3 times: the job goes on and completes, and its zip is that of a run without an outage, byte for byte."""
+    import gan.io.storage as storage_module
+    for p in sorted(photos.iterdir()):
+        s3.put_object(Bucket=bucket, Key=f"in/{p.name}", Body=p.read_bytes())
+    src = f"s3://{bucket}/in"
+    stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/plain"))
+    plain = _zip_of(f"s3://{bucket}/plain", tmp_path, "plain.zip")
+    proxy = OutageProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the job (and its workers: the storage carries it) via the proxy
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 60.0)
+    try:
+        thread, done = _in_thread(lambda: stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/ride",
+                                                             actor_cls=SlowActor)))
+        _wait_for(lambda: len(_s3_outputs(s3, bucket, "ride")) >= 8, "8 outputs before the outage")
+        proxy.take_down()
+        _wait_for(lambda: proxy.refused >= 3, "the job to meet the outage")
+        proxy.bring_up()
+        thread.join(180)
+        assert not thread.is_alive() and "error" not in done, done.get("error")
+        assert done["result"].report["counts"]["outputs"] == 40 and done["result"].report["counts"]["rejected"] == 0
+    finally:
+        proxy.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert _zip_of(f"s3://{bucket}/ride", tmp_path, "ride.zip") == plain
+
+
 def test_the_command_line_says_an_outage_or_a_full_disk_in_one_line_with_exit_1(capsys):
     for fault in (StorageFullError("stylize stopped: no space left on / (writing /x/a.jpg); 3 of 9 outputs are done"),
                   StorageUnavailableError("stylize stopped: S3 at http://h did not answer for 60 s (...); 3 of 9 "
@@ -131,7 +169,7 @@ def test_a_failed_write_leaves_no_temp_file_and_names_the_device(tmp_path, monke
 
 
 TERM_AT_BATCH = """
-import os, signal, sys
+import os, signal, sys, time
 import gan.batch.engine as engine
 from jobs import stylize as stylize_job
 from jobs.cli import run_main
@@ -142,6 +180,8 @@ class TermAtBatch(engine.GeneratorActor):
     def __call__(self, batch):
         TermAtBatch.calls += 1
         if TermAtBatch.calls == 4:  # a known point: 3 batches through the model, the rest not yet
+            with open(os.environ["TERM_SENT"], "w") as f:
+                f.write(repr(time.time()))
             os.kill(int(os.environ["DRIVER_PID"]), signal.SIGTERM)
         return super().__call__(batch)
 
@@ -155,6 +195,31 @@ if __name__ == "__main__":
 def _ours(stderr: str) -> list[str]:
     """stderr's lines less those the shared test cluster's workers forward (a job's own Ray keeps them in its logs)."""
     return [ln for ln in stderr.strip().splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=", ln)]
+
+
+def test_sigterm_stops_a_local_job_in_seconds_with_one_line_and_the_rerun_completes(ray_cluster, cyclegan_ckpt,
+                                                                                   photos, tmp_path):
+    """`kill` (SIGTERM) to `jobs.stylize` on its own local Ray, sent from the model actor at its 4th batch: exit 130
+    within seconds, one line saying how far it got, no temp file; the rerun writes only what is missing."""
+    out, sent = tmp_path / "out", tmp_path / "term-sent"
+    env = {**os.environ, "TERM_SENT": str(sent), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", TERM_AT_BATCH, "--checkpoint", cyclegan_ckpt, "--input",
+                           str(photos), "--output", str(out), "--batch-size", "4", "--actors", "1", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    ended = time.time()
+    err = _ours(proc.stderr)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert ended - float(sent.read_text()) < 15  # stopped within seconds of the signal, its Ray included
+    written = sorted(out.glob("*.jpg"))
+    said = re.fullmatch(r"stylize stopped: (\d+) of 40 outputs are done \(rerun the same command to continue\)",
+                        err[-1] if err else "")
+    assert len(err) == 1 and said, err
+    assert int(said.group(1)) <= len(written) < 40 and not list(out.glob(".tmp-*"))
+    assert all(decode_image(p.read_bytes(), p.name).shape == (256, 256, 3) for p in written)
+    again = stylize(str(photos), _opts(cyclegan_ckpt, out))
+    assert again.report["counts"] == {"inputs": 40, "outputs": 40, "written": 40 - len(written),
+                                      "skipped_existing": len(written), "rejected": 0}
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_and_none_intact_fails_at_once(ray_cluster, demo_data, tmp_path,

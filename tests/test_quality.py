@@ -120,9 +120,11 @@ def test_crop_preprocessing_trains_on_pieces_at_the_scale_of_inference():
 def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     _, s = train_job.parse(["--recipe", "kaggle-cpu", "--data", "d", "--ngf", "8"])
     cfg = s.build_model_config()
-    assert s.model == "cut" and (cfg.residual, cfg.colour, cfg.preprocess, cfg.image_size, cfg.lambda_nce,
-                                 cfg.ema, cfg.diffaugment) == (True, True, "crop", 64, 1.0, 0.995, "translation,cutout")
-    assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.batch_size == 8 and s.eval_every == 5 and s.cpus_per_worker == 2.0
+    assert s.model == "cut" and (cfg.residual, cfg.colour, cfg.colour_lightness, cfg.preprocess, cfg.image_size,
+                                 cfg.lambda_nce, cfg.ema, cfg.diffaugment) == (True, True, True, "crop", 64, 1.0, 0.995,
+                                                                               "translation,cutout")
+    # scored once, at the end of the LR decay: the exported generator is the last EMA
+    assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.batch_size == 8 and s.eval_every == 10 and s.cpus_per_worker == 2.0
     assert (s.epochs, cfg.decay_epochs) == (10, 5)  # the LR decays over the second half
     _, old = train_job.parse(["--recipe", "cyclegan-cpu", "--data", "d"])  # the CycleGAN recipe, still by name
     assert old.model == "cyclegan" and old.build_model_config().lambda_cycle == 1.0
@@ -130,3 +132,29 @@ def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     cfg = g.build_model_config()
     assert (cfg.image_size, cfg.ngf, cfg.n_blocks, cfg.upsample, cfg.residual, cfg.ema) == (256, 64, 9, "resize", True, 0.999)
     assert g.use_gpu and g.batch_size == 4 and g.epochs == 2 and cfg.decay_epochs == 1  # the second half of any length
+
+
+def test_the_colour_transfer_moves_lab_statistics_and_lightness_histograms_to_the_target():
+    from gan.models.colour import ColourTransfer, lab_stats, lightness_quantiles, rgb_to_lab, target_stats
+    gen = torch.Generator().manual_seed(0)
+    photos = torch.rand(3, 3, 64, 64, generator=gen) * 1.2 - 0.9        # bright-ish, wide
+    paintings = torch.rand(5, 3, 64, 64, generator=gen) ** 2 * 0.8 - 0.3  # another palette and contrast curve
+    transfer = ColourTransfer()
+    assert torch.equal(transfer(photos), photos)  # no target yet: the identity
+    mean, std = target_stats(paintings)
+    transfer.set_target(mean, std)
+    got_mean, got_std = lab_stats(transfer(photos))
+    assert torch.allclose(got_mean, mean.expand(3, 3), atol=1.0) and torch.allclose(got_std, std.expand(3, 3), atol=1.0)
+    # Lightness by histogram: each photo's L* quantiles become the paintings' pooled ones (a/b as Reinhard's).
+    lightness = lightness_quantiles(paintings)
+    transfer.set_target(mean, std, lightness)
+    lum = rgb_to_lab(transfer(photos))[:, 0].flatten(1)
+    probe = torch.tensor([0.1, 0.5, 0.9])
+    want = torch.quantile(rgb_to_lab(paintings)[:, 0].flatten(), probe)
+    assert torch.allclose(torch.quantile(lum, probe, dim=1).T, want.expand(3, 3), atol=1.5)
+    assert not torch.allclose(lab_stats(photos)[0][:, 0], mean[0].expand(3), atol=5)  # it did move them
+    # A generator saved before the lightness option loads as it was trained: Reinhard's transfer throughout.
+    old = {k: v for k, v in transfer.state_dict().items() if k != "lightness"}
+    loaded = ColourTransfer()
+    loaded.load_state_dict(old)
+    assert not loaded.lightness.any() and torch.allclose(lab_stats(loaded(photos))[1], std.expand(3, 3), atol=1.0)

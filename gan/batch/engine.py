@@ -241,11 +241,13 @@ class BatchJob:
                     self._count(batch)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
                 done = len(self.plan) - len(self.todo) + self.written
+                results.close()  # the executor and its actors end before the Ray under them
                 stop_local_ray()
                 opts.output.remove_stale_temps(before=time.time() + 1)
                 raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun the "
                                      "same command to continue)") from None
             except Exception as e:  # noqa: BLE001 - Ray wraps what a task raised; the storage fault is inside
+                results.close()  # now, not when the traceback is dropped: its actors hold the cluster's CPUs
                 cause = storage_fault(e)
                 if cause is None:
                     raise

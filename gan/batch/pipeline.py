@@ -192,6 +192,12 @@ def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPl
     if write is not None:
         ds = ds.map_batches(write, batch_size=batch_size, num_cpus=0.5)
     bar = Progress(len(rows), label, progress)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield batch
-        bar.update(len(batch["row"]))
+    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+    try:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["row"]))
+    finally:  # stopped early (Ctrl-C, SIGTERM, a fault): shut Ray Data's executor down before anything else
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()

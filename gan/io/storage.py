@@ -240,13 +240,15 @@ class S3Storage:
     bucket: str
     prefix: str = ""
     retry_window_s: float = field(default_factory=lambda: RETRY_WINDOW_S)  # the creator's, carried to workers
+    endpoint: str | None = field(default_factory=s3_endpoint)  # likewise: workers talk to the driver's endpoint
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
     def __getstate__(self) -> dict:  # the boto3 client is rebuilt in each process
-        return {"bucket": self.bucket, "prefix": self.prefix, "retry_window_s": self.retry_window_s}
+        return {"bucket": self.bucket, "prefix": self.prefix, "retry_window_s": self.retry_window_s,
+                "endpoint": self.endpoint}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -255,7 +257,7 @@ class S3Storage:
     def client(self):
         import boto3
         from botocore.config import Config
-        return boto3.client("s3", endpoint_url=s3_endpoint(),
+        return boto3.client("s3", endpoint_url=self.endpoint,
                             config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS},
                                           connect_timeout=5, read_timeout=30, max_pool_connections=32))
 
@@ -283,7 +285,7 @@ class S3Storage:
             except (BotoCoreError, S3UploadFailedError) as e:  # unreachable, reset, timed out; an upload's parts
                 error = str(e)
             if time.monotonic() + pause > deadline:
-                raise StorageUnavailableError(f"S3 at {s3_endpoint() or 'AWS'} did not answer for "
+                raise StorageUnavailableError(f"S3 at {self.endpoint or 'AWS'} did not answer for "
                                               f"{self.retry_window_s:g} s ({what}: {error})") from None
             time.sleep(pause)
             pause = min(pause * 2, 8.0)

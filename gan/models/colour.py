@@ -2,6 +2,10 @@
 to a target's, here the average over the paintings. No learning; the peer every trained model must beat, and the
 fixed first stage of a generator that learns only what colour cannot give (`StyleGenerator`'s `colour` input).
 
+Optionally the lightness goes further: each image's L* histogram is matched to the paintings' pooled one (its
+quantiles), which moves the photos' contrast curve to the paintings' (light, low-contrast) one; measured in
+docs/quality.md.
+
 Images are (B, 3, H, W) in [-1, 1] (sRGB), as everywhere in the models; Lab is computed in float32 with the D65
 white point (the sRGB standard's).
 """
@@ -16,6 +20,7 @@ _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                             [0.019334, 0.119193, 0.950227]])
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])
 _DELTA = 6 / 29
+QUANTILES = 257  # points of the paintings' L* distribution kept for histogram matching
 
 
 def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
@@ -53,19 +58,46 @@ def target_stats(images: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, t
     return means.mean(0), stds.mean(0)
 
 
+def lightness_quantiles(images: torch.Tensor, batch: int = 32, sample: int = 4096, seed: int = 0) -> torch.Tensor:
+    """(QUANTILES,) quantiles of L* pooled over `images` ((N, 3, H, W) in [-1, 1]), from `sample` pixels of each."""
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for i in range(0, len(images), batch):
+        lum = rgb_to_lab(images[i:i + batch])[:, 0].flatten(1)  # (B, H*W)
+        pick = torch.randint(0, lum.shape[1], (lum.shape[0], min(sample, lum.shape[1])), generator=gen)
+        values.append(lum.gather(1, pick.to(lum.device)).flatten())
+    return torch.quantile(torch.cat(values).float(), torch.linspace(0, 1, QUANTILES, device=images.device))
+
+
+def match_histogram(values: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """(B, P) values -> each row's ranks mapped onto `quantiles` (Q,): the row's histogram becomes the target's."""
+    ranks = values.argsort(1).argsort(1).float() / max(values.shape[1] - 1, 1) * (len(quantiles) - 1)
+    low = ranks.floor().long().clamp(max=len(quantiles) - 2)
+    frac = ranks - low
+    return quantiles[low] * (1 - frac) + quantiles[low + 1] * frac
+
+
 class ColourTransfer(nn.Module):
     """(B, 3, H, W) in [-1, 1] -> the same images with each one's Lab mean and std per channel moved to the
     target's. The target is two buffers, so it travels in the generator's state dict (and its checkpoints);
-    before `set_target` it is the identity."""
+    before `set_target` it is the identity. With `lightness` quantiles (all zero: not used) L* is histogram-matched
+    to them instead."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("mean", torch.zeros(3))
         self.register_buffer("std", torch.zeros(3))  # all zero: no target yet, pass images through
+        self.register_buffer("lightness", torch.zeros(QUANTILES))
 
-    def set_target(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_target(self, mean: torch.Tensor, std: torch.Tensor, lightness: torch.Tensor | None = None) -> None:
         self.mean.copy_(mean)
         self.std.copy_(std)
+        self.lightness.copy_(lightness if lightness is not None else torch.zeros(QUANTILES))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # generators saved before the lightness option: Reinhard's transfer throughout, as they were trained
+        state_dict.setdefault(prefix + "lightness", torch.zeros(QUANTILES))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def fitted(self) -> bool:
@@ -78,4 +110,6 @@ class ColourTransfer(nn.Module):
         flat = lab.flatten(2)
         mean, std = flat.mean(-1)[..., None, None], flat.std(-1)[..., None, None].clamp_min(1e-3)
         moved = (lab - mean) / std * self.std.view(1, 3, 1, 1) + self.mean.view(1, 3, 1, 1)
+        if self.lightness.abs().sum() > 0:
+            moved[:, 0] = match_histogram(lab[:, 0].flatten(1), self.lightness).view_as(lab[:, 0])
         return lab_to_rgb(moved).to(x.dtype)

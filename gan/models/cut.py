@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan.io.images import decode_image, to_tensor
-from gan.models.colour import target_stats
+from gan.models.colour import lightness_quantiles, target_stats
 from gan.models.diffaugment import diff_augment
 from gan.models.inference import Stylize
 from gan.models.layers import autocast, check_one_of, compiled, mark_step, set_requires_grad, unwrap
@@ -52,6 +52,7 @@ class CUTConfig:
     upsample: str = "resize"
     residual: bool = True   # output = input + a learned change (starts as the input)
     colour: bool = False    # colour-transfer the input to the paintings' Lab statistics first (fixed, no learning)
+    colour_lightness: bool = False  # with colour: match L* to the paintings' histogram, not only its mean and std
     lambda_gan: float = 1.0
     lambda_nce: float = 10.0  # FastCUT; CUT is 1 with nce_idt
     lambda_lowpass: float = 0.0  # L1 between input and output at 1/lowpass_scale size: the layout and its colours
@@ -135,15 +136,18 @@ class CUTTrainer:
 
     def data_init(self, images: dict[str, list[tuple[str, bytes]]]) -> None:
         """What is fitted to the paintings, once: with `colour`, the transfer's target, their average Lab statistics
-        (in every copy of the generator; checkpoints carry it as buffers); with a texture loss, their random-filter
-        covariances over crops of the training size (`TEXTURE_CROPS` per painting, drawn from the seed)."""
+        and, with `colour_lightness`, L* quantiles (in every copy of the generator; checkpoints carry them as
+        buffers); with a texture loss, their random-filter covariances over crops of the training size
+        (`TEXTURE_CROPS` per painting, drawn from the seed)."""
         if not (self.cfg.colour or self.texture is not None):
             return
         paintings = torch.stack([to_tensor(decode_image(data, name)) for name, data in images["paintings"]])
         if self.cfg.colour:
             mean, std = target_stats(paintings)
+            lightness = lightness_quantiles(paintings, seed=self.seed) if self.cfg.colour_lightness else None
             for g in filter(None, (unwrap(self.g), self.ema.module if self.ema is not None else None)):
-                g.colour.set_target(mean.to(self.device), std.to(self.device))
+                g.colour.set_target(mean.to(self.device), std.to(self.device),
+                                    lightness.to(self.device) if lightness is not None else None)
         if self.texture is not None:
             size, gen = self.cfg.image_size, torch.Generator().manual_seed(self.seed)
             room = paintings.shape[-1] - size + 1
