@@ -13,6 +13,7 @@ import json
 import re
 import resource
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -237,17 +238,16 @@ class BatchJob:
                 actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
                 decode=self.decode(), write=WriteStage(opts.output), label=self.name, progress=opts.progress)
             try:
-                for batch in results:
-                    self._count(batch)
+                with closing(results):  # however the loop ends, Ray Data's executor and actors end first
+                    for batch in results:
+                        self._count(batch)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
                 done = len(self.plan) - len(self.todo) + self.written
-                results.close()  # the executor and its actors end before the Ray under them
                 stop_local_ray()
                 opts.output.remove_stale_temps(before=time.time() + 1)
                 raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun the "
                                      "same command to continue)") from None
             except Exception as e:  # noqa: BLE001 - Ray wraps what a task raised; the storage fault is inside
-                results.close()  # now, not when the traceback is dropped: its actors hold the cluster's CPUs
                 cause = storage_fault(e)
                 if cause is None:
                     raise
