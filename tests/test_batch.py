@@ -21,7 +21,7 @@ from gan.io.images import decode_image, encode_jpeg
 from gan.io.naming import output_names, safe_stem
 from gan.io.storage import StorageError, open_storage
 from gan.batch.stylize import photos_of, stylize
-from gan.batch.submission import SubmissionError, assemble, check_zip
+from gan.batch.submission import SubmissionError, assemble, check_zip, checked_images
 from tests.conftest import ROOT
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
 
@@ -230,6 +230,14 @@ def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
     with pytest.raises(SubmissionError, match="7.jpg: is PNG"):
         assemble(open_storage(str(folder)), str(tmp_path / "images.zip"), min_images=1)
     assert not list(tmp_path.glob("*.zip")) or not (tmp_path / "images.zip").exists()
+    # read ahead in threads (as from S3), still in order: of two bad images the error names the first one
+    (folder / "2.jpg").write_bytes(image_bytes(size=(64, 64)))
+    keys = [f"{i}.jpg" for i in (0, 1, 2, 3, 4, 5, 7)]
+    with pytest.raises(SubmissionError, match="2.jpg: is 64x64"):
+        list(checked_images(open_storage(str(folder)), keys, ahead=4))
+    good = [k for k in keys if k not in ("2.jpg", "7.jpg")]
+    assert [(k, d) for k, d in checked_images(open_storage(str(folder)), good, ahead=3)] == [
+        (k, (folder / k).read_bytes()) for k in good]
 
 
 def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, capsys):

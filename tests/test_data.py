@@ -190,3 +190,20 @@ def test_data_on_the_device_gives_the_dataloaders_batches(demo_data, kind):
                     assert h.device.type == device and h.shape == w.shape and torch.equal(h.cpu(), w)
     flips = [ds.crops(i)[0].flip for i in range(len(ds))] if kind == "cyclegan" else []
     assert kind == "dcgan" or (any(flips) and not all(flips))  # the comparison covered flipped and plain crops
+
+
+def test_written_files_get_the_mode_a_plain_open_gives_not_the_temp_files_0600(tmp_path):
+    """Outputs and zips are written to a temp file, then renamed: they must not keep mkstemp's owner-only mode."""
+    import os
+    storage = LocalStorage(str(tmp_path))
+    for umask in (0o022, 0o027):
+        old = os.umask(umask)
+        try:
+            storage.write(f"{umask:o}.jpg", b"x")
+            with storage.open_write(f"{umask:o}.zip") as f:
+                f.write(b"y")
+        finally:
+            os.umask(old)
+        for name in (f"{umask:o}.jpg", f"{umask:o}.zip"):
+            assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]

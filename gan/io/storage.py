@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -77,6 +78,7 @@ class ObjectInfo:
 
 class Storage(Protocol):
     uri: str
+    read_ahead: int  # reads worth having in flight at once when reading many keys (each waits on the network)
 
     def list(self, prefix: str = "") -> list[str]: ...
     def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -104,6 +106,7 @@ def _stat_tag(st: os.stat_result) -> str:
 @dataclass
 class LocalStorage:
     root: str
+    read_ahead = 0  # a local read does not wait: reading ahead in threads would only add work
 
     @property
     def uri(self) -> str:
@@ -201,7 +204,9 @@ class LocalStorage:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            # not mkstemp, whose file is 0600: created as open() creates files (0666 less the umask), exclusively
+            tmp = str(path.parent / f".tmp-{uuid.uuid4().hex}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as e:
             raise self._full(e, path) from None
         try:
@@ -241,6 +246,7 @@ class S3Storage:
     prefix: str = ""
     retry_window_s: float = field(default_factory=lambda: RETRY_WINDOW_S)  # the creator's, carried to workers
     endpoint: str | None = field(default_factory=s3_endpoint)  # likewise: workers talk to the driver's endpoint
+    read_ahead = 16  # a GET waits tens of ms for its first byte: 16 in flight hide that
 
     @property
     def uri(self) -> str:
