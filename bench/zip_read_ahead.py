@@ -1,10 +1,10 @@
 """Assembling the submission zip from object storage: reads one at a time vs read ahead in threads, side by side.
 
 python bench/zip_read_ahead.py [--count 1000] [--latency-ms 0,10,30]
-The same `count` 256x256 JPEGs are zipped by `gan.batch.submission.assemble` (S3Storage.read_ahead reads in flight) and
-by the same steps one read at a time (the peer: what assemble did before), from a folder whose every read first
-waits `latency` ms, as an S3 GET waits for its first byte (tens of ms from a cluster; a moto server on 127.0.0.1
-has none, it is CPU-bound instead). Both zips must come out byte-identical.
+The same `count` 256x256 JPEGs are zipped by `gan.batch.submission.assemble` with S3Storage.read_ahead reads in
+flight and with one read at a time (the peer: what assemble did before, and still does for a local folder), from
+a folder whose every read first waits `latency` ms, as an S3 GET waits for its first byte (tens of ms from a
+cluster; a moto server on 127.0.0.1 has none, it is CPU-bound instead). Both zips must come out byte-identical.
 """
 from __future__ import annotations
 
@@ -12,38 +12,28 @@ import argparse
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from gan.batch.submission import assemble, check_submission_image, image_keys, zip_entry  # noqa: E402
+from gan.batch.submission import assemble  # noqa: E402
 from gan.io.images import encode_jpeg  # noqa: E402
 from gan.io.storage import LocalStorage, S3Storage  # noqa: E402
 
 
 class SlowReads(LocalStorage):
-    """A folder whose reads wait `latency` seconds first, as a GET waits for its first byte (so read ahead, as S3)."""
-    read_ahead = S3Storage.read_ahead
+    """A folder whose reads wait `latency` seconds first, as a GET waits for its first byte; `read_ahead` as given
+    (S3Storage's, or 0: one read at a time, the peer)."""
 
-    def __init__(self, root: str, latency: float):
+    def __init__(self, root: str, latency: float, read_ahead: int):
         super().__init__(root)
-        self.latency = latency
+        self.latency, self.read_ahead = latency, read_ahead
 
     def read(self, key: str) -> bytes:
         time.sleep(self.latency)
         return super().read(key)
-
-
-def one_at_a_time(storage: LocalStorage, target: Path) -> None:
-    """The peer: assemble's steps with each image read and checked before the next is asked for."""
-    with open(target, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-        for key in image_keys(storage):
-            data = storage.read(key)
-            check_submission_image(data, storage.child(key))
-            zf.writestr(zip_entry(key), data)
 
 
 def main() -> int:
@@ -60,11 +50,11 @@ def main() -> int:
         (folder / f"{i:06d}.jpg").write_bytes(encode_jpeg(np.kron(small, np.ones((8, 8, 1), np.uint8))))
     print("| read latency | one at a time | read ahead | ratio |\n|---|---|---|---|")
     for ms in (float(m) for m in args.latency_ms.split(",")):
-        storage = SlowReads(str(folder), ms / 1000)
         t0 = time.perf_counter()
-        one_at_a_time(storage, work / "serial.zip")
+        assemble(SlowReads(str(folder), ms / 1000, 0), str(work / "serial.zip"), min_images=1, max_images=args.count)
         t1 = time.perf_counter()
-        assemble(storage, str(work / "ahead.zip"), min_images=1, max_images=args.count)
+        assemble(SlowReads(str(folder), ms / 1000, S3Storage.read_ahead), str(work / "ahead.zip"), min_images=1,
+                 max_images=args.count)
         t2 = time.perf_counter()
         assert (work / "serial.zip").read_bytes() == (work / "ahead.zip").read_bytes(), "the zips differ"
         print(f"| {ms:g} ms | {args.count / (t1 - t0):,.0f} images/s | {args.count / (t2 - t1):,.0f} images/s | "
