@@ -121,8 +121,8 @@ def test_the_cpu_recipe_is_the_measured_one_and_flags_override_it():
     _, s = train_job.parse(["--recipe", "kaggle-cpu", "--data", "d", "--ngf", "8"])
     cfg = s.build_model_config()
     assert s.model == "cut" and (cfg.residual, cfg.colour, cfg.colour_lightness, cfg.preprocess, cfg.image_size,
-                                 cfg.lambda_nce, cfg.ema, cfg.diffaugment) == (True, True, True, "crop", 64, 1.0, 0.995,
-                                                                               "translation,cutout")
+                                 cfg.lambda_nce, cfg.ema, cfg.diffaugment, cfg.strength) == (
+        True, True, True, "crop", 64, 1.0, 0.995, "translation,cutout", 0.7)
     # scored once, at the end of the LR decay: the exported generator is the last EMA
     assert cfg.lr == 4e-4 and cfg.ngf == 8 and s.batch_size == 8 and s.eval_every == 10 and s.cpus_per_worker == 2.0
     assert (s.epochs, cfg.decay_epochs) == (10, 5)  # the LR decays over the second half
@@ -158,3 +158,37 @@ def test_the_colour_transfer_moves_lab_statistics_and_lightness_histograms_to_th
     loaded = ColourTransfer()
     loaded.load_state_dict(old)
     assert not loaded.lightness.any() and torch.allclose(lab_stats(loaded(photos))[1], std.expand(3, 3), atol=1.0)
+
+
+@pytest.mark.parametrize("generator", ["resnet", "unet"])
+def test_the_strength_blends_the_painting_with_the_staged_photo_at_inference_only(generator):
+    """strength s: in eval mode (scoring, export, the jobs, Serve) the output is s of the way from the colour-staged
+    photo to the network's painting; training sees the whole painting; the checkpoint keeps s (old files: 1)."""
+    from gan.checkpoint import generator_checkpoint, to_bytes
+    from gan.models.cut import CUTConfig, build_generator
+    sizes = {"image_size": 32, "generator": generator, "ngf": 8, "n_blocks": 1, "n_down": 2, "colour": True}
+    torch.manual_seed(0)
+    full = build_generator(CUTConfig(**sizes))
+    with torch.no_grad():
+        full.colour.set_target(torch.tensor([60.0, 5.0, 10.0]), torch.tensor([15.0, 8.0, 12.0]))
+        for p in full.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # a trained-looking change, not the identity it starts as
+    half = build_generator(CUTConfig(**sizes, strength=0.5))
+    half.load_state_dict(full.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    full.eval(), half.eval()
+    with torch.no_grad():
+        staged, painting = full.colour(x), full(x)
+        assert not torch.allclose(painting, staged, atol=0.05)
+        assert torch.allclose(half(x), staged + 0.5 * (painting - staged), atol=1e-5)
+        half.train()
+        assert torch.allclose(half(x), painting, atol=1e-5)  # the losses see all of the painting
+        half.eval()
+        loaded = from_bytes(to_bytes(generator_checkpoint("cut", CUTConfig(**sizes, strength=0.5), half)),
+                            "g.pt").build()
+        assert loaded.strength == 0.5 and torch.allclose(loaded(x), half(x), atol=1e-6)
+        before = generator_checkpoint("cut", CUTConfig(**sizes), full)  # a file from before the option
+        del before.config["strength"]
+        assert from_bytes(to_bytes(before), "g.pt").build().strength == 1.0
+    with pytest.raises(ValueError, match="strength must be in"):
+        CUTConfig(strength=-0.1)

@@ -28,7 +28,7 @@ from gan.models.inference import Stylize
 from gan.models.layers import autocast, check_one_of, compiled, mark_step, set_requires_grad, unwrap
 from gan.models.losses import check_gan_loss, d_loss, g_loss
 from gan.models.networks import (D_NORMS, UPSAMPLE, PatchDiscriminator, PatchSampler, ResnetGenerator, UnetGenerator,
-                                 feature_norm, patch_nce)
+                                 check_strength, feature_norm, patch_nce)
 from gan.models.schedule import adam, apply_lr, linear_decay, load_optimizer
 from gan.models.spec import ModelSpec
 from gan.models.texture import RandomTexture
@@ -71,6 +71,7 @@ class CUTConfig:
     decay_epochs: int = 100
     diffaugment: str = ""
     ema: float = 0.0
+    strength: float = 1.0     # at inference, this share of the way from the (colour-staged) photo to the painting
     preprocess: str = "crop"  # crops of the 256 px images (the scale of inference) | the paper's resize + crop
 
     def __post_init__(self):
@@ -80,6 +81,7 @@ class CUTConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         check_gan_loss(self.gan_loss)
+        check_strength(self.strength)
         feature_norm(self.g_norm)
         check_one_of("d_norm", self.d_norm, D_NORMS)
         self.layers()
@@ -95,7 +97,8 @@ class CUTConfig:
 
 
 def build_generator(cfg: CUTConfig) -> ResnetGenerator | UnetGenerator:
-    kw = {"upsample": cfg.upsample, "residual": cfg.residual, "colour": cfg.colour, "norm": cfg.g_norm}
+    kw = {"upsample": cfg.upsample, "residual": cfg.residual, "colour": cfg.colour, "norm": cfg.g_norm,
+          "strength": cfg.strength}
     if cfg.generator == "unet":
         return UnetGenerator(cfg.ngf, cfg.n_down, **kw)
     return ResnetGenerator(cfg.ngf, cfg.n_blocks, **kw)

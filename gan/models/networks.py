@@ -18,6 +18,12 @@ from gan.models.colour import ColourTransfer
 from gan.models.layers import check_one_of, init_weights
 
 UPSAMPLE = ("transpose", "resize")
+
+
+def check_strength(strength: float) -> float:
+    if not 0.0 <= strength <= 2.0:
+        raise ValueError(f"strength must be in [0, 2] (1: the painting as trained), got {strength}")
+    return float(strength)
 G_NORMS = ("instance", "none")
 
 
@@ -52,14 +58,18 @@ def upsampler(cin: int, cout: int, kind: str) -> nn.Module:
 
 
 class _Generator(nn.Module):
-    """What both generators share: the optional colour stage before the network and the residual after it."""
+    """What both generators share: the optional colour stage before the network, the residual after it, and the
+    strength: in eval mode (scoring, export, the jobs, Serve) the output is `strength` of the way from the staged
+    input to the network's painting; training always sees the whole painting."""
     residual: bool
     colour: ColourTransfer | None
+    strength: float = 1.0
 
-    def _setup_output(self, last: nn.Conv2d, residual: bool, colour: bool) -> None:
+    def _setup_output(self, last: nn.Conv2d, residual: bool, colour: bool, strength: float = 1.0) -> None:
         init_weights(self)
         self.residual = residual
         self.colour = ColourTransfer() if colour else None
+        self.strength = check_strength(strength)
         if residual:  # the change starts at zero: the generator starts as its input
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -69,8 +79,10 @@ class _Generator(nn.Module):
 
     def _output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.residual:  # (B, 3, H, W) + a change in [-1, 1], back into the image range
-            return (x + y).clamp(-1.0, 1.0)
-        return y
+            y = (x + y).clamp(-1.0, 1.0)
+        if self.training or self.strength == 1.0:
+            return y
+        return (x + self.strength * (y - x)).clamp(-1.0, 1.0)
 
 
 class ResnetGenerator(_Generator):
@@ -79,7 +91,7 @@ class ResnetGenerator(_Generator):
     network's change, so a short run spends its steps on colour and brushwork rather than relearning the scene."""
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 3, upsample: str = "transpose",
-                 residual: bool = False, colour: bool = False, norm: str = "instance"):
+                 residual: bool = False, colour: bool = False, norm: str = "instance", strength: float = 1.0):
         super().__init__()
         n = feature_norm(norm)
         layers: list[nn.Module] = [
@@ -93,7 +105,7 @@ class ResnetGenerator(_Generator):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         self.n_blocks = n_blocks
-        self._setup_output(self.model[-2], residual, colour)
+        self._setup_output(self.model[-2], residual, colour, strength)
 
     def nce_layers(self) -> list[int]:
         """PatchNCE's default layers (CUT's 0,4,8,12,16 in this layout): the padded input, both downsamplings, the
@@ -124,7 +136,7 @@ class UnetGenerator(_Generator):
     its skips carry the photo's layout, leaving the deep levels to learn style."""
 
     def __init__(self, ngf: int = 32, n_down: int = 5, channels: int = 3, upsample: str = "resize",
-                 residual: bool = True, colour: bool = False, norm: str = "instance"):
+                 residual: bool = True, colour: bool = False, norm: str = "instance", strength: float = 1.0):
         super().__init__()
         n = feature_norm(norm)
         widths = [ngf * min(2 ** i, 8) for i in range(n_down)]      # per level, after its downsampling
@@ -143,7 +155,7 @@ class UnetGenerator(_Generator):
         self.up = nn.ModuleList(ups)
         self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ngf, channels, 3), nn.Tanh())  # stem skip in
         self.n_down = n_down
-        self._setup_output(self.head[1], residual, colour)
+        self._setup_output(self.head[1], residual, colour, strength)
 
     def nce_layers(self) -> list[int]:
         """The stem and each downsampling level but the deepest (0 = stem, k = level k)."""

@@ -7,8 +7,8 @@ RECIPES: dict[str, dict] = {
     # 2-core CPU, the default of `jobs.pipeline --data` without a GPU: see docs/quality.md.
     "kaggle-cpu": {"model": "cut", "image_size": 64, "preprocess": "crop", "generator": "resnet", "ngf": 16,
                    "n_blocks": 4, "ndf": 32, "batch_size": 8, "upsample": "resize", "residual": True,
-                   "colour": True, "colour_lightness": True, "lambda_nce": 1.0, "ema": 0.995, "lr": 4e-4,
-                   "diffaugment": "translation,cutout",
+                   "colour": True, "colour_lightness": True, "lambda_nce": 1.0, "ema": 0.995, "strength": 0.7,
+                   "lr": 4e-4, "diffaugment": "translation,cutout",
                    "epochs": 10, "steps_per_epoch": 300, "eval_every": 10, "eval_photos": 200,
                    "cpus_per_worker": 2.0},
     # The CPU recipe before it: CycleGAN on 128 px crops, a small residual generator with resize-convolution and
