@@ -254,3 +254,143 @@ def test_a_damaged_generator_file_is_one_line_and_exit_2(ray_cluster, cyclegan_c
                                        str(tmp_path / "o"), "--no-progress"])
     err = _ours(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0] and "Traceback" not in err[0]
+
+
+def test_an_s3_outage_past_the_window_stops_with_one_line_and_the_rerun_completes(
+        ray_cluster, cyclegan_ckpt, photos, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
+    """The endpoint goes away after 8 outputs and stays away past the retry window: the job stops with a
+    StorageUnavailableError naming the endpoint and how many outputs are done. Once it is back, the rerun writes only
+    what is missing and the zip is that of a run without an outage, byte for byte."""
+    import gan.io.storage as storage_module
+    for p in sorted(photos.iterdir()):
+        s3.put_object(Bucket=bucket, Key=f"in/{p.name}", Body=p.read_bytes())
+    src = f"s3://{bucket}/in"
+    stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/plain"))
+    plain = _zip_of(f"s3://{bucket}/plain", tmp_path, "plain.zip")
+    proxy = OutageProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 3.0)
+    try:
+        thread, done = _in_thread(lambda: stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/past",
+                                                             actor_cls=SlowActor)))
+        _wait_for(lambda: len(_s3_outputs(s3, bucket, "past")) >= 8, "8 outputs before the outage")
+        proxy.take_down()
+        thread.join(180)
+        assert not thread.is_alive(), "the job did not stop"
+        error = done.get("error")
+        assert isinstance(error, StorageUnavailableError), error
+        message = str(error)
+        assert "\n" not in message and f"S3 at {proxy.url} did not answer for 3 s" in message
+        before = len(_s3_outputs(s3, bucket, "past"))
+        said = re.search(r"at least (\d+) of 40 outputs are done", message)  # those the driver saw written
+        assert said and int(said.group(1)) <= before and 8 <= before < 40, message
+        proxy.bring_up()
+        rerun, done = _in_thread(lambda: stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/past")))
+        rerun.join(180)  # in the same process: the stopped job's actors must not still hold the CPUs it needs
+        assert not rerun.is_alive() and "error" not in done, done.get("error") or "the rerun did not finish"
+        assert done["result"].report["counts"] == {"inputs": 40, "outputs": 40, "written": 40 - before,
+                                          "skipped_existing": before, "rejected": 0}
+    finally:
+        proxy.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert _zip_of(f"s3://{bucket}/past", tmp_path, "past.zip") == plain
+
+
+TRAIN_TINY = ["--model", "cyclegan", "--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1",
+              "--batch-size", "2", "--eval-photos", "0"]
+
+
+class AskAt:
+    """A training hook (in rank 0's worker): at the middle of each epoch in `epochs`, tell the test (a file) and wait
+    until it answers (another file), so the test acts on the storage at a known point of the run."""
+
+    def __init__(self, folder: str, epochs: tuple[int, ...]):
+        self.folder, self.epochs = folder, epochs
+
+    def __call__(self, event: str, rank: int, epoch: int) -> None:
+        asked, answered = f"{self.folder}/asked-{epoch}", f"{self.folder}/answered-{epoch}"
+        if event == "mid_epoch" and rank == 0 and epoch in self.epochs and not os.path.exists(asked):
+            Path(asked).write_text("")
+            while not os.path.exists(answered):
+                time.sleep(0.05)
+
+
+def _registered(s3, bucket: str, run: str, checkpoint: str) -> bool:
+    """Ray Train's controller has recorded `checkpoint` in the run's snapshot (its own write, after the worker's
+    upload): the test takes S3 away only after it, so the outage meets the worker's next save, at a known point."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=f"{run}/checkpoint_manager_snapshot.json")["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return False
+    return checkpoint.encode() in body
+
+
+def test_training_checkpoints_to_s3_ride_out_an_outage_and_past_the_window_stop_with_one_line(
+        ray_cluster, demo_data, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
+    """Two workers train to S3 through a proxy. In epoch 2 the endpoint goes away and comes back once the run has
+    met it 3 times: epoch 2's checkpoint is saved and training goes on. In epoch 3 it goes away for good: the save
+    retries for the window, then every rank stops and the run fails with one line naming the endpoint and its
+    last complete checkpoint. Once S3 is back, the same command continues from that checkpoint and finishes."""
+    import gan.io.storage as storage_module
+    from gan.train.driver import run_training
+    from jobs import train as train_job
+    proxy = OutageProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 4.0)  # carried to the workers by the trainer's config
+    _, settings = train_job.parse([*TRAIN_TINY, "--data", str(demo_data), "--epochs", "3", "--num-workers", "2"])
+    storage, folder = f"s3://{bucket}/runs", str(tmp_path)
+    try:
+        thread, done = _in_thread(lambda: run_training(settings, "o", storage, hook=AskAt(folder, (1, 2)),
+                                                       echo=lambda line: None))
+        _wait_for(lambda: os.path.exists(f"{folder}/asked-1") or not thread.is_alive(), "epoch 2", 180)
+        _wait_for(lambda: _registered(s3, bucket, "runs/o", "checkpoint_epoch_00000"), "epoch 1's checkpoint")
+        proxy.take_down()
+        Path(f"{folder}/answered-1").write_text("")
+        _wait_for(lambda: proxy.refused >= 3, "the save to meet the outage")
+        proxy.bring_up()
+        _wait_for(lambda: os.path.exists(f"{folder}/asked-2") or not thread.is_alive(), "epoch 3", 180)
+        _wait_for(lambda: _registered(s3, bucket, "runs/o", "checkpoint_epoch_00001"), "epoch 2's checkpoint")
+        proxy.take_down()
+        Path(f"{folder}/answered-2").write_text("")
+        thread.join(120)
+        assert not thread.is_alive(), "the run did not stop"
+        error = done.get("error")
+        assert isinstance(error, StorageUnavailableError), error
+        message = str(error)
+        assert "\n" not in message and message.startswith(f"train stopped: S3 at {proxy.url} did not answer for 4 s "
+                                                          "(saving checkpoint_epoch_00002: ")
+        assert message.endswith("the run's last complete checkpoint: checkpoint "
+                                f"{bucket}/runs/o/checkpoint_epoch_00001 (rerun the same command to continue from it)")
+        proxy.bring_up()
+        run_training(settings, "o", storage, echo=lambda line: None)
+    finally:
+        proxy.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    history = json.loads(s3.get_object(Bucket=bucket, Key="runs/o/checkpoint_epoch_00002/history.json")["Body"].read())
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # the third epoch trained again, each epoch once
+
+
+def test_a_full_disk_at_a_training_checkpoint_stops_at_once_and_the_last_one_stays_loadable(
+        ray_cluster, demo_data, tmp_path, capsys):
+    """Epoch 2's checkpoint meets a full disk (its state file is /dev/full, which refuses every byte with ENOSPC as
+    a full filesystem does): the run stops at once, exit 1 and one line naming the device and the last complete
+    checkpoint, which still loads. With the space back, the same command continues from it."""
+    from gan.train.run_checkpoint import read_checkpoint
+    from jobs import train as train_job
+    runs = tmp_path / "runs"
+    blocked = runs / "d" / "checkpoint_epoch_00001"
+    blocked.mkdir(parents=True)
+    (blocked / STATE_FILE).symlink_to("/dev/full")
+    args = [*TRAIN_TINY, "--data", str(demo_data), "--storage", str(runs), "--name", "d", "--epochs", "3"]
+    code = run_main(train_job.main, args)
+    err = _ours(capsys.readouterr().err)
+    first = runs / "d" / "checkpoint_epoch_00000"
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: train stopped: no space left on /") and "saving checkpoint_epoch_00001" in err[0]
+    assert err[0].endswith(f"the run's last complete checkpoint: checkpoint {first} (rerun the same command to "
+                           "continue from it)")
+    assert read_checkpoint(first, str(first)).state["epoch"] == 0  # the previous checkpoint stays loadable
+    (blocked / STATE_FILE).unlink()  # space freed
+    assert run_main(train_job.main, args) == 0
+    history = json.loads((runs / "d" / "checkpoint_epoch_00002" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]

@@ -8,6 +8,7 @@ generator makes of them is its model kind's `infer` (`gan.models.inference`): no
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import re
@@ -248,12 +249,21 @@ class BatchJob:
                 raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun the "
                                      "same command to continue)") from None
             except Exception as e:  # noqa: BLE001 - Ray wraps what a task raised; the storage fault is inside
-                cause = storage_fault(e)
-                if cause is None:
+                fault = storage_fault(e)
+                if fault is None:
                     raise
+                stop = (type(fault), str(fault))
+                del fault
+            else:
+                stop = None
+            if stop is not None:
+                # raised here, not in the except block: Ray's exception (and through its traceback the pipeline's
+                # actor handles) is not kept as this one's context, so the actors end now, not when the caller
+                # drops the error; a rerun in the same process would otherwise wait for their CPUs
+                gc.collect()
                 done = len(self.plan) - len(self.todo) + self.written
-                raise type(cause)(f"{self.name} stopped: {cause}; at least {done} of {len(self.plan)} outputs are "
-                                  "done (rerun the same command to continue)") from None
+                raise stop[0](f"{self.name} stopped: {stop[1]}; at least {done} of {len(self.plan)} outputs are "
+                              "done (rerun the same command to continue)")
         self.seconds = time.monotonic() - start
 
     def _count(self, batch: dict) -> None:

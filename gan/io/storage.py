@@ -17,6 +17,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -58,6 +59,58 @@ class StorageUnavailableError(StorageError):
 
 class StorageFullError(StorageError):
     """No space left where an output is written: the rerun succeeds once space is freed."""
+
+
+def within_window(what: str, call, passing, window_s: float, endpoint: str | None):
+    """`call()`, again with back-off while `passing(error)` names the error as one that may pass (else it raises,
+    or returns None for the error to propagate) until `window_s` is spent; then StorageUnavailableError naming the
+    endpoint."""
+    deadline, pause = time.monotonic() + window_s, 0.5
+    while True:
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - `passing` decides
+            error = passing(e)
+            if error is None:
+                raise
+        if time.monotonic() + pause > deadline:
+            raise StorageUnavailableError(f"S3 at {endpoint or 'AWS'} did not answer for {window_s:g} s "
+                                          f"({what}: {error})") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 8.0)
+
+
+# how pyarrow's S3 filesystem (Ray Train's checkpoints) words a request that may pass: unreachable, reset, throttled
+_ARROW_PASSING = re.compile(r"NETWORK_CONNECTION|curlCode|SLOW_DOWN|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|"
+                            r"REQUEST_TIMEOUT|THROTTLING|Connection reset|timed out")
+
+
+def arrow_endpoint(fs) -> str | None:
+    """The S3 endpoint a pyarrow filesystem was built for (read from how it pickles: pyarrow has no accessor);
+    None for AWS's own or a local filesystem."""
+    try:
+        kwargs = fs.__reduce__()[1][0]
+        return f"{kwargs['scheme']}://{kwargs['endpoint_override']}" if kwargs.get("endpoint_override") else None
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def arrow_call(what: str, call, where: str, fs):
+    """A call on the pyarrow filesystem `fs` (Ray Train's checkpoint upload or download): an S3 request that may
+    pass is retried within the retry window, then StorageUnavailableError naming the endpoint; a full disk is
+    StorageFullError at once, naming the device of `where`."""
+    def passing(e: Exception) -> str | None:
+        if isinstance(e, StorageError) or not isinstance(e, OSError):
+            return None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(f"no space left on {device_of(where)} ({what} in {where})") from None
+        return arrow_outage(str(e))
+    return within_window(what, call, passing, RETRY_WINDOW_S, arrow_endpoint(fs))
+
+
+def arrow_outage(text: str) -> str | None:
+    """The line of a pyarrow error's text that says S3 did not answer (unreachable, reset, throttled), if one does."""
+    return next((ln.strip()[:300] for ln in text.splitlines() if _ARROW_PASSING.search(ln)), None)
 
 
 def device_of(path: str) -> str:
@@ -275,11 +328,9 @@ class S3Storage:
         """One S3 request; what may pass (unreachable, throttled, 5xx) is retried with back-off within the window."""
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
-        deadline, pause = time.monotonic() + self.retry_window_s, 0.5
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except ClientError as e:
+
+        def passing(e: Exception) -> str | None:
+            if isinstance(e, ClientError):
                 code = e.response.get("Error", {}).get("Code", "")
                 if code in ("NoSuchKey", "404", "NotFound"):
                     raise StorageError(f"{what}: no such object") from None
@@ -287,14 +338,11 @@ class S3Storage:
                     raise StorageError(f"{what}: bucket {self.bucket!r} does not exist") from None
                 if code not in TRANSIENT_CODES:
                     raise StorageError(f"{what}: S3 error {code} ({e})") from None
-                error = f"S3 error {code}"
-            except (BotoCoreError, S3UploadFailedError) as e:  # unreachable, reset, timed out; an upload's parts
-                error = str(e)
-            if time.monotonic() + pause > deadline:
-                raise StorageUnavailableError(f"S3 at {self.endpoint or 'AWS'} did not answer for "
-                                              f"{self.retry_window_s:g} s ({what}: {error})") from None
-            time.sleep(pause)
-            pause = min(pause * 2, 8.0)
+                return f"S3 error {code}"
+            if isinstance(e, (BotoCoreError, S3UploadFailedError)):  # unreachable, reset, timed out; upload parts
+                return str(e)
+            return None
+        return within_window(what, lambda: fn(*args, **kwargs), passing, self.retry_window_s, self.endpoint)
 
     def list(self, prefix: str = "") -> list[str]:
         return [info.key for info in self.list_info(prefix)]

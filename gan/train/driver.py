@@ -12,7 +12,9 @@ from typing import Callable
 
 from ray.train import UserCallback
 
-from gan.io.storage import arrow_filesystem
+import gan.io.storage as storage_module
+from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, arrow_filesystem, arrow_outage,
+                            s3_endpoint)
 from gan.train.quality import SCORE
 from gan.train.settings import (TrainSettings, check_settings, check_workers_placeable, per_worker_resources,
                                 worker_count)
@@ -51,7 +53,8 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     from ray.train.torch import TorchTrainer
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from, "gate": gate},
+        train_loop_config={"settings": asdict(settings), "hook": hook, "start_from": start_from, "gate": gate,
+                           "storage_retry_s": storage_module.RETRY_WINDOW_S},
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(settings), use_gpu=settings.use_gpu,
                                                resources_per_worker=per_worker_resources(settings)),
         run_config=ray.train.RunConfig(
@@ -150,10 +153,22 @@ def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
     try:
         result = fit_with_epochs(settings, name, storage, lambda m: echo(epoch_line(m, settings.epochs)), hook)
     except ray.train.TrainingFailedError as e:
+        outage = arrow_outage(str(e))  # Ray Train's own storage calls (its controller's) have pyarrow's retries only
+        if outage:
+            raise StorageUnavailableError(f"train stopped: S3 at {s3_endpoint() or 'AWS'} did not answer ({outage}); "
+                                          "rerun the same command to continue from the run's last complete "
+                                          "checkpoint") from None
         raise RuntimeError(f"training failed after {settings.max_failures + 1} attempts: "
                            f"{_last_line(str(e))}") from e
-    if isinstance(result.return_value, dict) and result.return_value.get("error"):
-        raise TrainingError(result.return_value["error"])
+    stopped = result.return_value if isinstance(result.return_value, dict) else {}
+    if stopped.get("storage_fault"):  # exit 1: fixed outside the run (the endpoint, space); the rerun continues
+        kind = {"StorageUnavailableError": StorageUnavailableError, "StorageFullError": StorageFullError
+                }.get(stopped["storage_fault"], StorageError)
+        last = f"checkpoint {result.checkpoint.path}" if result.checkpoint else "none yet"
+        raise kind(f"train stopped: {stopped['error']}; the run's last complete checkpoint: {last} (rerun the same "
+                   "command to continue from it)")
+    if stopped.get("error"):
+        raise TrainingError(stopped["error"])
     return result
 
 

@@ -9,6 +9,8 @@ best_generator.pt, best_samples.png, quality.png
 Everything is loaded with `weights_only=True`, and to the CPU first (a GPU run continues on a CPU and back).
 A checkpoint that cannot be read whole (a truncated or overwritten file) is damaged: a run continues from the
 newest intact one of its folder (`newest_intact`), saying which files it skipped, and stops when none is intact.
+Storage that does not answer is not damage: uploads and downloads are retried within the storage retry window
+(`gan.io.storage.arrow_call`), then stop the run as a StorageUnavailableError; a full disk as a StorageFullError.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gan.checkpoint import GeneratorCheckpoint, from_bytes
+from gan.io.storage import StorageError, arrow_call
 
 STATE_FILE, GENERATOR_FILE, SAMPLES_FILE, HISTORY_FILE = "state.pt", "generator.pt", "samples.png", "history.json"
 BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE = "best_generator.pt", "best_samples.png", "quality.png"
@@ -82,29 +85,48 @@ def read_checkpoint(folder: Path, name: str) -> RunCheckpoint:
 
 def newest_intact(checkpoint) -> RunCheckpoint:
     """The run checkpoint `checkpoint` (a ray.train.Checkpoint), or when it is damaged the newest intact one before
-    it in the same folder; DamagedCheckpoint naming the damage when none is intact."""
+    it in the same folder; DamagedCheckpoint naming the damage when none is intact, StorageUnavailableError when
+    the storage does not answer within its retry window."""
     import pyarrow.fs
-    import ray.train
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     parent, own = path.rsplit("/", 1) if "/" in path else ("", path)
     candidates = [path]
     if FOLDER.match(own):  # older epochs of the same run, newest first
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+        selector = pyarrow.fs.FileSelector(parent, allow_not_found=True)
+        infos = arrow_call(f"listing {parent}", lambda: fs.get_file_info(selector), parent, fs)
         older = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
                         and FOLDER.match(i.base_name) and i.base_name < own), reverse=True)
         candidates += [f"{parent}/{name}" for name in older]
     damaged: list[str] = []
     for candidate in candidates:
         try:
-            with ray.train.Checkpoint(candidate, filesystem=fs).as_directory() as d:
-                saved = read_checkpoint(Path(d), candidate)
+            saved = arrow_call(f"reading {candidate}", lambda: _download_and_read(candidate, fs), candidate,
+                               fs)
         except (DamagedCheckpoint, OSError) as e:
+            if isinstance(e, StorageError):  # the storage did not answer in its window: not the checkpoint's fault
+                raise
             damaged.append(str(e) if isinstance(e, DamagedCheckpoint) else f"{candidate}: {e}")
             continue
         saved.skipped = damaged
         return saved
     raise DamagedCheckpoint(f"no intact run checkpoint to continue from ({len(damaged)} damaged; newest: {damaged[0]}); "
                             "remove the run's folder or use another --name")
+
+
+def _download_and_read(path: str, fs) -> RunCheckpoint:
+    import ray.train
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
+        return read_checkpoint(Path(d), path)
+
+
+def upload_checkpoint(checkpoint, dir_name: str):
+    """Ray Train's own upload of a reported checkpoint (its `checkpoint_upload_fn`), retried within the storage
+    retry window while S3 does not answer; a full disk fails at once. The folder is registered only once whole."""
+    import ray.train
+    storage = ray.train.get_context().get_storage()
+    where = storage.build_checkpoint_path_from_name(dir_name)
+    return arrow_call(f"saving {dir_name}", lambda: storage.persist_current_checkpoint(checkpoint, dir_name), where,
+                      storage.storage_filesystem)
 
 
 def write_checkpoint(folder: Path, state: dict, generator: bytes, samples: bytes, history: list,

@@ -18,7 +18,8 @@ from gan.checkpoint import generator_checkpoint, to_bytes
 from gan.models.registry import get_model
 from gan.train.data import DeviceLoader, decoded_bytes, load_encoded_images, training_set, training_sources
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
-from gan.train.run_checkpoint import newest_intact, write_checkpoint
+from gan.io.storage import RETRY_WINDOW_S, StorageError, set_retry_window
+from gan.train.run_checkpoint import newest_intact, upload_checkpoint, write_checkpoint
 from gan.train.samples import sample_grid, sample_inputs
 from gan.train.settings import TrainSettings
 
@@ -118,8 +119,8 @@ def _data_on_device(settings: TrainSettings, dataset, device: torch.device) -> b
     return device.type == "cuda" and decoded_bytes(dataset) < torch.cuda.get_device_properties(device).total_memory / 4
 
 
-def _setup_errors(error: str, world: int) -> str:
-    """The first setup error of any rank, known to every rank (so all stop together, before any barrier)."""
+def _first_error(error: str, world: int) -> str:
+    """The first error of any rank, known to every rank (so all stop together, before any barrier)."""
     if world == 1 or not torch.distributed.is_initialized():
         return error
     errors: list = [None] * world
@@ -154,16 +155,17 @@ def train_loop_per_worker(config: dict) -> dict | None:
     import ray.train
 
     settings, hook = TrainSettings(**config["settings"]), config.get("hook")
+    set_retry_window(config.get("storage_retry_s", RETRY_WINDOW_S))  # the driver's --storage-retry
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     error, run = "", None
     try:
         run = _setup(settings, hook, rank, world, config.get("start_from"))
-    except (ValueError, ImportError) as e:  # bad data, sizes, checkpoint, a missing package: every attempt alike
-        error = str(e)
-    error = _setup_errors(error, world)
+    except (ValueError, ImportError, StorageError) as e:  # bad data, sizes, checkpoint, a missing package, the
+        error = _stop_line(e)                             # storage past its window: every attempt alike
+    error = _first_error(error, world)
     if error:
-        return {"error": error}
+        return _stopped(error)
     nodes, name = _node_count(world), ctx.get_experiment_name()
 
     for epoch in range(run.start_epoch, settings.epochs):
@@ -175,16 +177,50 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if run.evaluator is not None and ((epoch + 1) % settings.eval_every == 0 or last):
             metrics.update(_evaluate(settings, run, epoch))
         run.history.append(metrics)
-        if rank == 0 and ((epoch + 1) % settings.checkpoint_every == 0 or last):
-            with tempfile.TemporaryDirectory() as tmp:
-                _write_checkpoint(Path(tmp), settings, run, epoch)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:05d}")
+        if (epoch + 1) % settings.checkpoint_every == 0 or last:
+            # a save that fails (the storage past its retry window, a full disk) stops every rank together, with
+            # the run's last complete checkpoint left as it was: Ray Train's restarts would only meet it again
+            fault = _save_checkpoint(settings, run, epoch, metrics) if rank == 0 else _report(metrics)
+            fault = _first_error(fault, world)
+            if fault:
+                return _stopped(fault)
         else:
             ray.train.report(metrics)
         if config.get("gate") is not None and not last:
             _wait_at_gate(config["gate"], epoch)
     return None
+
+
+def _report(metrics: dict) -> str:
+    import ray.train
+    ray.train.report(metrics)
+    return ""
+
+
+def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict) -> str:
+    """Report the epoch with its checkpoint (rank 0); "" when saved, else the storage fault's stop line."""
+    import ray.train
+    name = f"checkpoint_epoch_{epoch:05d}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_checkpoint(Path(tmp), settings, run, epoch)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name,
+                             checkpoint_upload_fn=upload_checkpoint)
+    except StorageError as e:
+        return _stop_line(e)
+    return ""
+
+
+def _stop_line(error: Exception) -> str:
+    """A stop's one line; a storage fault's says which kind, for the driver to raise the same kind."""
+    return f"{type(error).__name__}: {error}" if isinstance(error, StorageError) else str(error)
+
+
+def _stopped(line: str) -> dict:
+    kind, _, message = line.partition(": ")
+    if kind in ("StorageUnavailableError", "StorageFullError", "StorageError"):
+        return {"error": message, "storage_fault": kind}
+    return {"error": line}
 
 
 def _exported(settings: TrainSettings, run: _Run, epoch: int) -> bytes:
