@@ -182,7 +182,7 @@ class TermAtBatch(engine.GeneratorActor):
         if TermAtBatch.calls == 4:  # a known point: 3 batches through the model, the rest not yet
             with open(os.environ["TERM_SENT"], "w") as f:
                 f.write(repr(time.time()))
-            os.kill(int(os.environ["DRIVER_PID"]), signal.SIGTERM)
+            os.kill(int(os.environ["DRIVER_PID"]), getattr(signal, os.environ["STOP_SIGNAL"]))
         return super().__call__(batch)
 
 if __name__ == "__main__":
@@ -197,12 +197,15 @@ def _ours(stderr: str) -> list[str]:
     return [ln for ln in stderr.strip().splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=", ln)]
 
 
-def test_sigterm_stops_a_local_job_in_seconds_with_one_line_and_the_rerun_completes(ray_cluster, cyclegan_ckpt,
-                                                                                   photos, tmp_path):
-    """`kill` (SIGTERM) to `jobs.stylize` on its own local Ray, sent from the model actor at its 4th batch: exit 130
-    within seconds, one line saying how far it got, no temp file; the rerun writes only what is missing."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_stops_a_local_job_in_seconds_with_one_line_and_the_rerun_completes(
+        ray_cluster, cyclegan_ckpt, photos, tmp_path, stop):
+    """`kill` (SIGTERM) or Ctrl-C (SIGINT) to `jobs.stylize` on its own local Ray, sent from the model actor at its
+    4th batch: exit 130 within seconds, one line saying how far it got, no temp file; the rerun writes only what is
+    missing."""
     out, sent = tmp_path / "out", tmp_path / "term-sent"
-    env = {**os.environ, "TERM_SENT": str(sent), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "TERM_SENT": str(sent), "STOP_SIGNAL": stop,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-c", TERM_AT_BATCH, "--checkpoint", cyclegan_ckpt, "--input",
                            str(photos), "--output", str(out), "--batch-size", "4", "--actors", "1", "--no-progress"],
