@@ -21,7 +21,7 @@ from gan.io.images import decode_image, encode_jpeg
 from gan.io.naming import output_names, safe_stem
 from gan.io.storage import StorageError, open_storage
 from gan.batch.stylize import photos_of, stylize
-from gan.batch.submission import SubmissionError, assemble, check_zip, checked_images
+from gan.batch.submission import SubmissionError, assemble, check_submission_image, check_zip, checked_images
 from tests.conftest import ROOT
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
 
@@ -226,6 +226,14 @@ def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
         check_zip(str(tmp_path / "bad.zip"), "bad.zip", min_images=1)
     with pytest.raises(SubmissionError, match="not a zip"):
         check_zip(b"hello", "x.zip")
+    # the check decodes each JPEG's whole stream (at 1/8 scale): a cut or damaged body is found, not only its header
+    whole = image_bytes(seed=9)
+    damaged = whole[:600] + bytes(b ^ 0x5A for b in whole[600:1400]) + whole[1400:]
+    for name, data, why in (("cut.jpg", whole[:len(whole) // 2], "truncated"), ("gray.jpg", image_bytes("L"), "mode L"),
+                            ("damaged.jpg", damaged, "corrupt|truncated|broken")):
+        with pytest.raises(SubmissionError, match=f"{name}: .*({why})"):
+            check_submission_image(data, name)
+    check_submission_image(whole, "whole.jpg")
     (folder / "7.jpg").write_bytes(image_bytes(fmt="PNG"))
     with pytest.raises(SubmissionError, match="7.jpg: is PNG"):
         assemble(open_storage(str(folder)), str(tmp_path / "images.zip"), min_images=1)

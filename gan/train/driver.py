@@ -162,8 +162,8 @@ def run_training(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
                            f"{_last_line(str(e))}") from e
     stopped = result.return_value if isinstance(result.return_value, dict) else {}
     if stopped.get("storage_fault"):  # exit 1: fixed outside the run (the endpoint, space); the rerun continues
-        kind = {"StorageUnavailableError": StorageUnavailableError, "StorageFullError": StorageFullError
-                }.get(stopped["storage_fault"], StorageError)
+        kind = next((k for k in (StorageUnavailableError, StorageFullError) if k.__name__ == stopped["storage_fault"]),
+                    StorageError)
         last = f"checkpoint {result.checkpoint.path}" if result.checkpoint else "none yet"
         raise kind(f"train stopped: {stopped['error']}; the run's last complete checkpoint: {last} (rerun the same "
                    "command to continue from it)")

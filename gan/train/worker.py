@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 
 from gan.checkpoint import generator_checkpoint, to_bytes
+from gan.io.storage import RETRY_WINDOW_S, StorageError, set_retry_window
 from gan.models.registry import get_model
 from gan.train.data import DeviceLoader, decoded_bytes, load_encoded_images, training_set, training_sources
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
-from gan.io.storage import RETRY_WINDOW_S, StorageError, set_retry_window
 from gan.train.run_checkpoint import newest_intact, upload_checkpoint, write_checkpoint
 from gan.train.samples import sample_grid, sample_inputs
 from gan.train.settings import TrainSettings
@@ -119,13 +119,21 @@ def _data_on_device(settings: TrainSettings, dataset, device: torch.device) -> b
     return device.type == "cuda" and decoded_bytes(dataset) < torch.cuda.get_device_properties(device).total_memory / 4
 
 
-def _first_error(error: str, world: int) -> str:
-    """The first error of any rank, known to every rank (so all stop together, before any barrier)."""
+def _stop(error: Exception) -> dict:
+    """What the workers return when they stop for what no restart would fix: the one line, and for a storage fault
+    its kind (the driver raises the same kind: exit 1, the rerun continues once it is fixed)."""
+    if isinstance(error, StorageError):
+        return {"error": str(error), "storage_fault": type(error).__name__}
+    return {"error": str(error)}
+
+
+def _first_stop(stop: dict | None, world: int) -> dict | None:
+    """The first stop of any rank, known to every rank (so all stop together, before any barrier)."""
     if world == 1 or not torch.distributed.is_initialized():
-        return error
-    errors: list = [None] * world
-    torch.distributed.all_gather_object(errors, error)
-    return next((e for e in errors if e), "")
+        return stop
+    stops: list = [None] * world
+    torch.distributed.all_gather_object(stops, stop)
+    return next((s for s in stops if s), None)
 
 
 def _node_count(world: int) -> int:
@@ -149,8 +157,9 @@ def _wait_at_gate(gate, epoch: int) -> None:
 def train_loop_per_worker(config: dict) -> dict | None:
     """Prepare data and models, then loop: train an epoch, report metrics (and a checkpoint every K epochs).
 
-    Returns {"error": line} instead of raising when setup meets what no retry can fix, so Ray Train does
-    not restart the workers for it; the driver raises it as a TrainingError.
+    Returns {"error": line} instead of raising when setup meets what no retry can fix, or a checkpoint cannot be
+    saved (the storage past its retry window, a full disk: {"storage_fault": kind} too), so Ray Train does not
+    restart the workers for it; the driver raises it as a TrainingError, or as that storage fault.
     """
     import ray.train
 
@@ -158,14 +167,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
     set_retry_window(config.get("storage_retry_s", RETRY_WINDOW_S))  # the driver's --storage-retry
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    error, run = "", None
+    stop, run = None, None
     try:
         run = _setup(settings, hook, rank, world, config.get("start_from"))
     except (ValueError, ImportError, StorageError) as e:  # bad data, sizes, checkpoint, a missing package, the
-        error = _stop_line(e)                             # storage past its window: every attempt alike
-    error = _first_error(error, world)
-    if error:
-        return _stopped(error)
+        stop = _stop(e)                                   # storage past its window: every attempt alike
+    stop = _first_stop(stop, world)
+    if stop:
+        return stop
     nodes, name = _node_count(world), ctx.get_experiment_name()
 
     for epoch in range(run.start_epoch, settings.epochs):
@@ -180,10 +189,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if (epoch + 1) % settings.checkpoint_every == 0 or last:
             # a save that fails (the storage past its retry window, a full disk) stops every rank together, with
             # the run's last complete checkpoint left as it was: Ray Train's restarts would only meet it again
-            fault = _save_checkpoint(settings, run, epoch, metrics) if rank == 0 else _report(metrics)
-            fault = _first_error(fault, world)
-            if fault:
-                return _stopped(fault)
+            stop = _first_stop(_save_checkpoint(settings, run, epoch, metrics) if rank == 0 else _report(metrics),
+                               world)
+            if stop:
+                return stop
         else:
             ray.train.report(metrics)
         if config.get("gate") is not None and not last:
@@ -191,14 +200,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
     return None
 
 
-def _report(metrics: dict) -> str:
+def _report(metrics: dict) -> None:
     import ray.train
     ray.train.report(metrics)
-    return ""
 
 
-def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict) -> str:
-    """Report the epoch with its checkpoint (rank 0); "" when saved, else the storage fault's stop line."""
+def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict) -> dict | None:
+    """Report the epoch with its checkpoint (rank 0); None when saved, else the storage fault's stop."""
     import ray.train
     name = f"checkpoint_epoch_{epoch:05d}"
     try:
@@ -207,20 +215,8 @@ def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: di
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name,
                              checkpoint_upload_fn=upload_checkpoint)
     except StorageError as e:
-        return _stop_line(e)
-    return ""
-
-
-def _stop_line(error: Exception) -> str:
-    """A stop's one line; a storage fault's says which kind, for the driver to raise the same kind."""
-    return f"{type(error).__name__}: {error}" if isinstance(error, StorageError) else str(error)
-
-
-def _stopped(line: str) -> dict:
-    kind, _, message = line.partition(": ")
-    if kind in ("StorageUnavailableError", "StorageFullError", "StorageError"):
-        return {"error": message, "storage_fault": kind}
-    return {"error": line}
+        return _stop(e)
+    return None
 
 
 def _exported(settings: TrainSettings, run: _Run, epoch: int) -> bytes:
