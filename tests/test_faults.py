@@ -118,24 +118,38 @@ def _zip_of(uri: str, tmp_path: Path, name: str) -> bytes:
     return (tmp_path / name).read_bytes()
 
 
-def test_an_s3_outage_within_the_window_is_ridden_out_and_the_zip_is_unchanged(
-        ray_cluster, cyclegan_ckpt, photos, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
-    """Stylize S3 -> S3 while the endpoint goes away after 8 outputs and comes back after the job met the outage
-    3 times: the job goes on and completes, and its zip is that of a run without an outage, byte for byte."""
+def _s3_job_behind_a_proxy(photos, ckpt, s3, bucket, s3_endpoint, tmp_path, monkeypatch, window_s: float):
+    """The photos on S3 and the zip of a stylize run without an outage; then S3 reached through an OutageProxy (the
+    job and its workers: the storage carries the endpoint) with this retry window: (source, plain zip, proxy)."""
     import gan.io.storage as storage_module
     for p in sorted(photos.iterdir()):
         s3.put_object(Bucket=bucket, Key=f"in/{p.name}", Body=p.read_bytes())
     src = f"s3://{bucket}/in"
-    stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/plain"))
+    stylize(src, _opts(ckpt, f"s3://{bucket}/plain"))
     plain = _zip_of(f"s3://{bucket}/plain", tmp_path, "plain.zip")
     proxy = OutageProxy(int(s3_endpoint.rsplit(":", 1)[1]))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the job (and its workers: the storage carries it) via the proxy
-    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 60.0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", window_s)
+    return src, plain, proxy
+
+
+def _down_after_8_outputs(src: str, ckpt: str, s3, bucket: str, prefix: str, proxy: OutageProxy):
+    """Stylize `src` to s3://bucket/prefix in a thread (batches slowed so it is still running) and take the endpoint
+    down once 8 outputs are there: the thread and its outcome."""
+    thread, done = _in_thread(lambda: stylize(src, _opts(ckpt, f"s3://{bucket}/{prefix}", actor_cls=SlowActor)))
+    _wait_for(lambda: len(_s3_outputs(s3, bucket, prefix)) >= 8, "8 outputs before the outage")
+    proxy.take_down()
+    return thread, done
+
+
+def test_an_s3_outage_within_the_window_is_ridden_out_and_the_zip_is_unchanged(
+        ray_cluster, cyclegan_ckpt, photos, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
+    """Stylize S3 -> S3 while the endpoint goes away after 8 outputs and comes back after the job met the outage
+    3 times: the job goes on and completes, and its zip is that of a run without an outage, byte for byte."""
+    src, plain, proxy = _s3_job_behind_a_proxy(photos, cyclegan_ckpt, s3, bucket, s3_endpoint, tmp_path, monkeypatch,
+                                               window_s=60.0)
     try:
-        thread, done = _in_thread(lambda: stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/ride",
-                                                             actor_cls=SlowActor)))
-        _wait_for(lambda: len(_s3_outputs(s3, bucket, "ride")) >= 8, "8 outputs before the outage")
-        proxy.take_down()
+        thread, done = _down_after_8_outputs(src, cyclegan_ckpt, s3, bucket, "ride", proxy)
         _wait_for(lambda: proxy.refused >= 3, "the job to meet the outage")
         proxy.bring_up()
         thread.join(180)
@@ -264,20 +278,10 @@ def test_an_s3_outage_past_the_window_stops_with_one_line_and_the_rerun_complete
     """The endpoint goes away after 8 outputs and stays away past the retry window: the job stops with a
     StorageUnavailableError naming the endpoint and how many outputs are done. Once it is back, the rerun writes only
     what is missing and the zip is that of a run without an outage, byte for byte."""
-    import gan.io.storage as storage_module
-    for p in sorted(photos.iterdir()):
-        s3.put_object(Bucket=bucket, Key=f"in/{p.name}", Body=p.read_bytes())
-    src = f"s3://{bucket}/in"
-    stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/plain"))
-    plain = _zip_of(f"s3://{bucket}/plain", tmp_path, "plain.zip")
-    proxy = OutageProxy(int(s3_endpoint.rsplit(":", 1)[1]))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 3.0)
+    src, plain, proxy = _s3_job_behind_a_proxy(photos, cyclegan_ckpt, s3, bucket, s3_endpoint, tmp_path, monkeypatch,
+                                               window_s=3.0)
     try:
-        thread, done = _in_thread(lambda: stylize(src, _opts(cyclegan_ckpt, f"s3://{bucket}/past",
-                                                             actor_cls=SlowActor)))
-        _wait_for(lambda: len(_s3_outputs(s3, bucket, "past")) >= 8, "8 outputs before the outage")
-        proxy.take_down()
+        thread, done = _down_after_8_outputs(src, cyclegan_ckpt, s3, bucket, "past", proxy)
         thread.join(180)
         assert not thread.is_alive(), "the job did not stop"
         error = done.get("error")
