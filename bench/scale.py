@@ -6,9 +6,9 @@ python bench/scale.py [--counts 1000,10000,100000] [--max] [--modes local,s3,gen
 
 Per N and mode it prints: planning (listing, tagging, manifest: everything before the first image moves), the run,
 report + zip, images/s of the run, the driver's peak RSS, the manifest's size, and a rerun that finds the job
-complete. Each measurement is its own process (a fresh driver, so its peak RSS is its own). Inputs are small
-JPEGs (the job resizes them to 256x256 anyway), made once into --cache and reused; S3 inputs are uploaded to a
-moto server on 127.0.0.1 that the bench starts. Ratios to read: images/s at N against images/s at the smallest N
+complete. The job (with its zip) and its rerun each run in their own process (a fresh driver, as a user would
+run them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them to 256x256 anyway), made once
+into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to read: images/s at N against images/s at the smallest N
 (flat per-image cost), (planning + report + zip) / run, and the RSS growth.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def upload(folder: Path, bucket: str, prefix: str, count: int) -> None:
 
 
 def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
-    """One measurement in this process: the job, its rerun, the zip; phases timed from the job's own steps."""
+    """One job in this process, then its zip; phases timed from the job's own steps."""
     import resource
 
     from gan.batch.engine import BatchOptions
@@ -96,18 +96,46 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     t_run = time.perf_counter()
     result = job.report()
     t_report = time.perf_counter()
+    del job  # as in jobs.cli: the job is gone when its zip is made
     assemble(opts.output, f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
              min_images=1, max_images=count)
     t_zip = time.perf_counter()
-    rerun_opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
-    again = (generate_job(count, 0, rerun_opts) if mode == "generate" else stylize_job(source, rerun_opts)).resume()
-    t_rerun = time.perf_counter()
-    assert again is not None and again.skipped_run, "the rerun did not find the job complete"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the job's driver, as `--zip` runs it
     manifest = len(opts.output.read("_manifest.json"))
     return {"mode": mode, "n": count, "plan_s": t_resume - t0, "scan_s": t_plan - t0, "run_s": t_run - t_resume,
-            "report_s": t_report - t_run, "zip_s": t_zip - t_report, "rerun_s": t_rerun - t_zip,
-            "images_per_s": result.report["counts"]["written"] / (t_run - t_resume),
-            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "manifest_mb": manifest / 1e6}
+            "report_s": t_report - t_run, "zip_s": t_zip - t_report,
+            "images_per_s": result.report["counts"]["written"] / (t_run - t_resume), "rss_mib": rss,
+            "manifest_mb": manifest / 1e6}
+
+
+def rerun(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
+    """The same command again, in a fresh driver as a user would run it: it must find the job complete."""
+    import resource
+
+    from gan.batch.engine import BatchOptions
+    from gan.batch.generate import generate_job
+    from gan.batch.stylize import stylize_job
+    from gan.io.storage import open_storage
+    t0 = time.perf_counter()
+    opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
+    again = (generate_job(count, 0, opts) if mode == "generate" else stylize_job(source, opts)).resume()
+    seconds = time.perf_counter() - t0
+    assert again is not None and again.skipped_run, "the rerun did not find the job complete"
+    return {"rerun_s": seconds, "rerun_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(mode: str, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
+    """The job, then its rerun, each in a fresh process; None (and its error printed) when one failed."""
+    r = {}
+    for step in ("--one", "--rerun"):
+        done = subprocess.run([sys.executable, __file__, step, mode, source, out, checkpoint, str(n)],
+                              env=env, capture_output=True, text=True)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)), None)
+        if line is None:
+            print(f"{mode} N={n} {step}: failed\n{done.stderr[-3000:]}")
+            return None
+        r.update(json.loads(line[len(RESULT):]))
+    return r
 
 
 def main() -> int:
@@ -117,10 +145,11 @@ def main() -> int:
     p.add_argument("--modes", default="local,s3,generate")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gan-scale-inputs")
     p.add_argument("--one", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--rerun", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        mode, source, out, checkpoint, n = args.one
-        print(RESULT + json.dumps(one(mode, source, out, checkpoint, int(n))), flush=True)
+    if args.one or args.rerun:
+        mode, source, out, checkpoint, n = args.one or args.rerun
+        print(RESULT + json.dumps((one if args.one else rerun)(mode, source, out, checkpoint, int(n))), flush=True)
         return 0
     counts = [int(c) for c in args.counts.split(",")] + ([1_000_000] if args.max else [])
     modes = args.modes.split(",")
@@ -158,27 +187,23 @@ def main() -> int:
             else:
                 source, out = str(inputs), str(work / f"out-{mode}-{n}")
             checkpoint = str(work / ("d.pt" if mode == "generate" else "g.pt"))
-            done = subprocess.run([sys.executable, __file__, "--one", mode, source, out, checkpoint, str(n)],
-                                  env=env, capture_output=True, text=True)
-            line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)), None)
-            if line is None:
-                print(f"{mode} N={n}: failed\n{done.stderr[-3000:]}")
+            r = measure(mode, source, out, checkpoint, n, env)
+            if r is None:
                 continue
-            r = json.loads(line[len(RESULT):])
             rows.append(r)
             overhead = (r["plan_s"] + r["report_s"] + r["zip_s"]) / r["run_s"]
             print(f"{mode:8s} N={n:>9,}: plan {r['plan_s']:7.2f} s (scan {r['scan_s']:.2f})  run {r['run_s']:8.1f} s  "
                   f"report {r['report_s']:5.2f} s  zip {r['zip_s']:6.2f} s  {r['images_per_s']:7.1f} images/s  "
                   f"overhead {overhead:6.1%}  RSS {r['rss_mib']:7.0f} MiB  manifest {r['manifest_mb']:6.2f} MB  "
-                  f"rerun {r['rerun_s']:6.2f} s", flush=True)
+                  f"rerun {r['rerun_s']:6.2f} s (RSS {r['rerun_rss_mib']:.0f} MiB)", flush=True)
     print("\n| mode | N | planning s | run s | report + zip s | images/s | vs smallest N | overhead | driver RSS MiB "
-          "| manifest MB | complete rerun s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "| manifest MB | complete rerun s | rerun RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["mode"] == r["mode"])
         print(f"| {r['mode']} | {r['n']:,} | {r['plan_s']:.2f} | {r['run_s']:.1f} | {r['report_s'] + r['zip_s']:.2f} | "
               f"{r['images_per_s']:.1f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
               f"{(r['plan_s'] + r['report_s'] + r['zip_s']) / r['run_s']:.1%} | {r['rss_mib']:.0f} | "
-              f"{r['manifest_mb']:.2f} | {r['rerun_s']:.2f} |")
+              f"{r['manifest_mb']:.2f} | {r['rerun_s']:.2f} | {r['rerun_rss_mib']:.0f} |")
     if server is not None:
         server.stop()
     return 0

@@ -52,10 +52,20 @@ def read_manifest(storage: Storage) -> dict | None:
     if not storage.exists(MANIFEST):
         return None
     try:
-        manifest = json.loads(storage.read(MANIFEST))
-        return manifest if isinstance(manifest, dict) else {"unreadable": True}
-    except (ValueError, StorageError):
+        return parse_manifest(storage.read(MANIFEST))
+    except StorageError:
         return {"unreadable": True}
+
+
+def parse_manifest(data: bytes | None) -> dict | None:
+    """A manifest's bytes as a dict (None for no manifest); bytes that are not one count as another job's."""
+    if data is None:
+        return None
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        return {"unreadable": True}
+    return manifest if isinstance(manifest, dict) else {"unreadable": True}
 
 
 def _entry(value) -> list:

@@ -22,7 +22,7 @@ from gan.ray_runtime import check_placeable, ensure_ray
 MAX_BLOCKS = 200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One image of a batch plan: what it is called, where it comes from (for inputs) and where it goes."""
     name: str

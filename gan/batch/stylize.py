@@ -26,11 +26,12 @@ def photos_of(batch: dict, ok: np.ndarray, seed: int, device) -> Photos:
 
 
 def stylize_job(input_uri: str, opts: BatchOptions) -> BatchJob:
-    previous = read_manifest(opts.output)  # a rerun reads only the inputs changed since (--verify-inputs: all)
-    rows, rejected, storage = plan_stylize(input_uri, None if opts.verify_inputs else known_inputs(previous))
+    # a rerun reads only the inputs changed since (--verify-inputs: all); of the old manifest only that is kept
+    known = None if opts.verify_inputs else known_inputs(read_manifest(opts.output))
+    rows, rejected, storage = plan_stylize(input_uri, known)
+    del known
     extra = {"input": input_uri, "output": opts.output.uri, "checkpoint": opts.checkpoint}
-    return BatchJob("stylize", Photos, photos_of, rows, opts, extra, rejected, input_storage=storage,
-                    previous=previous)
+    return BatchJob("stylize", Photos, photos_of, rows, opts, extra, rejected, input_storage=storage)
 
 
 def stylize(input_uri: str, opts: BatchOptions) -> JobResult:

@@ -25,7 +25,7 @@ ZIP_SUFFIX = ".zip"
 DIGEST_THREADS = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputItem:
     name: str          # identifies the image: its relative path, or "file.tfrec/image_name"
     key: str           # storage key of the file that holds it
@@ -37,7 +37,7 @@ class InputItem:
     stat: str = ""     # a local file's size, mtime and inode when its tag was taken (see scan_inputs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     name: str
     reason: str

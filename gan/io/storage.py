@@ -121,7 +121,7 @@ def device_of(path: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
     size: int
