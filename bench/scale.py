@@ -2,14 +2,16 @@
 inputs, N = 1,000, 10,000, 100,000 (1,000,000 with --max), with a tiny generator so that the model is not what is
 measured.
 
-python bench/scale.py [--counts 1000,10000,100000] [--max] [--modes local,s3,generate] [--cache DIR]
+python bench/scale.py [--counts 1000,10000,100000] [--max] [--modes local,s3,generate] [--cache DIR] [--plan-only]
 
 Per N and mode it prints: planning (listing, tagging, manifest: everything before the first image moves), the run,
 report + zip, images/s of the run, the driver's peak RSS, the manifest's size, and a rerun that finds the job
 complete. The job (with its zip) and its rerun each run in their own process (a fresh driver, as a user would
 run them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them to 256x256 anyway), made once
 into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to read: images/s at N against images/s at the smallest N
-(flat per-image cost), (planning + report + zip) / run, and the RSS growth.
+(flat per-image cost), (planning + report + zip) / run, and the RSS growth. --plan-only plans each job twice (the
+first run, then a resumed one) and runs no model: the driver's planning cost and memory at N where running N images
+would take hours (1,000,000).
 """
 from __future__ import annotations
 
@@ -124,18 +126,41 @@ def rerun(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict
     return {"rerun_s": seconds, "rerun_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def plan_only(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
+    """Only the planning (list, tag, manifest) and the check against the folder, no model run: the driver's cost
+    at N where running N images would take hours (--plan-only)."""
+    import resource
+
+    from gan.batch.engine import BatchOptions
+    from gan.batch.generate import generate_job
+    from gan.batch.stylize import stylize_job
+    from gan.io.storage import open_storage
+    opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
+    t0 = time.perf_counter()
+    job = generate_job(count, 0, opts) if mode == "generate" else stylize_job(source, opts)
+    t_plan = time.perf_counter()
+    assert job.resume() is None and len(job.todo) == count
+    return {"plan_s": time.perf_counter() - t0, "scan_s": t_plan - t0,
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "manifest_mb": len(opts.output.read("_manifest.json")) / 1e6}
+
+
 def measure(mode: str, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
     """The job, then its rerun, each in a fresh process; None (and its error printed) when one failed."""
-    r = {}
-    for step in ("--one", "--rerun"):
-        done = subprocess.run([sys.executable, __file__, step, mode, source, out, checkpoint, str(n)],
-                              env=env, capture_output=True, text=True)
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)), None)
-        if line is None:
-            print(f"{mode} N={n} {step}: failed\n{done.stderr[-3000:]}")
-            return None
-        r.update(json.loads(line[len(RESULT):]))
-    return r
+    first = _step("--one", mode, source, out, checkpoint, n, env)
+    again = _step("--rerun", mode, source, out, checkpoint, n, env) if first else None
+    return {**first, **again} if again else None
+
+
+def _step(step: str, mode: str, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
+    """One step in a fresh process: its result, or None (and its error printed)."""
+    done = subprocess.run([sys.executable, __file__, step, mode, source, out, checkpoint, str(n)],
+                          env=env, capture_output=True, text=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)), None)
+    if line is None:
+        print(f"{mode} N={n} {step}: failed\n{done.stderr[-3000:]}")
+        return None
+    return json.loads(line[len(RESULT):])
 
 
 def main() -> int:
@@ -146,11 +171,16 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gan-scale-inputs")
     p.add_argument("--one", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
     p.add_argument("--rerun", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--plan-only", action="store_true",
+                   help="plan each job twice (the first run, then a resumed run), no model run: the driver's cost")
+    p.add_argument("--plan", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one or args.rerun:
-        mode, source, out, checkpoint, n = args.one or args.rerun
-        print(RESULT + json.dumps((one if args.one else rerun)(mode, source, out, checkpoint, int(n))), flush=True)
-        return 0
+    step = {"one": one, "rerun": rerun, "plan": plan_only}
+    for name, fn in step.items():
+        if getattr(args, name):
+            mode, source, out, checkpoint, n = getattr(args, name)
+            print(RESULT + json.dumps(fn(mode, source, out, checkpoint, int(n))), flush=True)
+            return 0
     counts = [int(c) for c in args.counts.split(",")] + ([1_000_000] if args.max else [])
     modes = args.modes.split(",")
     work = Path(tempfile.mkdtemp(prefix="gan-scale-"))
@@ -187,6 +217,14 @@ def main() -> int:
             else:
                 source, out = str(inputs), str(work / f"out-{mode}-{n}")
             checkpoint = str(work / ("d.pt" if mode == "generate" else "g.pt"))
+            if args.plan_only:
+                plans = [_step("--plan", mode, source, out, checkpoint, n, env) for _ in ("first", "resumed")]
+                if None not in plans:
+                    print(f"{mode:8s} N={n:>9,}: plan only: first {plans[0]['plan_s']:7.2f} s (scan "
+                          f"{plans[0]['scan_s']:.2f}) RSS {plans[0]['rss_mib']:.0f} MiB; resumed "
+                          f"{plans[1]['plan_s']:7.2f} s (scan {plans[1]['scan_s']:.2f}) RSS {plans[1]['rss_mib']:.0f} "
+                          f"MiB; manifest {plans[1]['manifest_mb']:.2f} MB", flush=True)
+                continue
             r = measure(mode, source, out, checkpoint, n, env)
             if r is None:
                 continue

@@ -103,3 +103,55 @@ def test_verify_inputs_sees_a_change_that_kept_size_mtime_and_inode(ckpt, tmp_pa
     with pytest.raises(JobMismatchError, match=r"1 input changed \(photo-00042\.jpg\)"):
         _plan(ckpt, src, out, verify_inputs=True)
     assert len(digests) == 1000
+
+
+def test_the_manifest_is_written_as_json_writes_its_dict_and_fingerprinted_as_before():
+    """The manifest's per-output entries are streamed into its bytes, never held as dicts: the bytes and the
+    fingerprint are still those of json.dumps on the whole dict, so folders written before stay the same job."""
+    import hashlib
+    import json
+
+    from gan.batch.manifest import IMAGE_POLICY, job_manifest
+    from gan.batch.pipeline import Row
+    from gan.io.sources import InputItem
+    items = [InputItem("café/ü.jpg", "café/ü.jpg", size=10, tag="b2:aa", stat="10:1:1"),
+             InputItem('q"uote\\.jpg', 'q"uote\\.jpg', size=11, tag="b2:bb", stat="11:2:2"),
+             InputItem("train.tfrec/img7", "train.tfrec", offset=40, length=99, container="tfrecord", size=99,
+                       tag="crc:1"),
+             InputItem("z.jpg", "z.jpg", size=12, tag="b2:cc", stat="12:3:3"),
+             InputItem("a.jpg", "a.jpg", size=13, tag="b2:dd", stat="13:4:4")]
+    plan = [Row(i.name, n, f"out-{len(items) - n}.jpg", i) for n, i in enumerate(items)]
+    plan.append(Row("sample 0", len(plan), "00000.jpg"))  # a generate row: no input
+    settings, extra = {"seed": 3}, {"input": "in/ü", "output": "out", "checkpoint": "g.pt"}
+    m = job_manifest("stylize", "cyclegan", b"weights", plan, settings, extra)
+
+    full_settings = {"job": "stylize", "kind": "cyclegan", "checkpoint_sha256": hashlib.sha256(b"weights").hexdigest(),
+                     "image_policy": IMAGE_POLICY, **settings}
+    outputs = {r.out: [r.name, r.item.size, r.item.tag] if r.item else [r.name] for r in plan}
+    stats = {r.item.key: [r.item.stat, r.item.tag] for r in plan if r.item and r.item.stat}
+    fingerprint = hashlib.sha256(json.dumps([full_settings, outputs], sort_keys=True).encode()).hexdigest()
+    assert m.fingerprint == fingerprint and m.head["settings"] == full_settings
+    whole = {"job": "stylize", "fingerprint": fingerprint, "settings": full_settings, **extra, "outputs": outputs,
+             "input_stats": stats}
+    assert m.encode() == json.dumps(whole, indent=1, sort_keys=True).encode()
+    assert json.loads(m.encode()) == m.as_dict() == whole
+    no_items = job_manifest("generate", "dcgan", b"w", plan[-1:], {"count": 1}, {})
+    assert "input_stats" not in json.loads(no_items.encode())
+    assert no_items.encode() == json.dumps(no_items.as_dict(), indent=1, sort_keys=True).encode()
+
+
+def test_a_rerun_parses_only_the_input_stats_of_the_manifest_and_any_other_layout_whole(tmp_path):
+    import json
+
+    from gan.batch.manifest import known_inputs
+    stats = {"a.jpg": ["10:1:1", "b2:aa"], 'q"\\.jpg': ["11:2:2", "b2:bb"]}
+    whole = {"job": "stylize", "fingerprint": "f", "outputs": {"a.jpg": ["a.jpg", 10, "b2:aa"]}, "input_stats": stats,
+             "settings": {"seed": 0}}
+    expected = {k: (v[0], v[1]) for k, v in stats.items()}
+    for layout in ({"indent": 1, "sort_keys": True}, {}, {"indent": 1}):  # ours, then others: parsed whole
+        (tmp_path / MANIFEST).write_text(json.dumps(whole, **layout))
+        assert known_inputs(LocalStorage(str(tmp_path))) == expected, layout
+    (tmp_path / MANIFEST).write_text('{\n "input_stats": {\n  "a.jpg": [')  # cut short: nothing known
+    assert known_inputs(LocalStorage(str(tmp_path))) == {}
+    (tmp_path / MANIFEST).unlink()
+    assert known_inputs(LocalStorage(str(tmp_path))) == {}

@@ -206,8 +206,8 @@ class BatchJob:
         out.remove_stale_temps(before=self.started)  # what a killed run of this job left half-written
         data, kind = self._checkpoint()
         manifest = job_manifest(self.name, kind, data, self.plan, self.settings, self.extra)
-        self.fingerprint = manifest["fingerprint"]
-        encoded = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        self.fingerprint = manifest.fingerprint
+        encoded = manifest.encode()
         planned = [row.out for row in self.plan]
         existing = set(out.list())
         current = out.read(MANIFEST) if out.exists(MANIFEST) else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from gan.batch.engine import OUTPUT_SUFFIX, BatchJob, BatchOptions, JobResult
-from gan.batch.manifest import known_inputs, read_manifest
+from gan.batch.manifest import known_inputs
 from gan.batch.pipeline import Row
 from gan.io.naming import output_names
 from gan.io.sources import Rejected, scan_uri
@@ -26,10 +26,8 @@ def photos_of(batch: dict, ok: np.ndarray, seed: int, device) -> Photos:
 
 
 def stylize_job(input_uri: str, opts: BatchOptions) -> BatchJob:
-    # a rerun reads only the inputs changed since (--verify-inputs: all); of the old manifest only that is kept
-    known = None if opts.verify_inputs else known_inputs(read_manifest(opts.output))
-    rows, rejected, storage = plan_stylize(input_uri, known)
-    del known
+    # a rerun reads only the inputs changed since (--verify-inputs: all)
+    rows, rejected, storage = plan_stylize(input_uri, None if opts.verify_inputs else known_inputs(opts.output))
     extra = {"input": input_uri, "output": opts.output.uri, "checkpoint": opts.checkpoint}
     return BatchJob("stylize", Photos, photos_of, rows, opts, extra, rejected, input_storage=storage)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,32 +28,44 @@ class BadImageError(ValueError):
         self.name, self.reason = name, reason
 
 
-def open_image(data: bytes, name: str, draft: tuple[int, int] | None = None) -> Image.Image:
+def open_image(data: bytes, name: str, draft: tuple[int, int] | None = None,
+               header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Fully decode `data` as an image, raising BadImageError for anything broken or dangerous.
 
     `draft` (w, h): a JPEG is decoded at the smallest DCT scale (1/2 to 1/8) that still covers that size. Every byte
     of its stream is still read and entropy-decoded, so a truncated or damaged file fails as at full size, for about
-    half the cost; the image returned is the reduced one."""
+    half the cost; the image returned is the reduced one. `header` is called with the image as opened, before it is
+    decoded (its format, size and mode as stored), and may raise its own error."""
     if len(data) == 0:
         raise BadImageError(name, "file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
         raise BadImageError(name, f"file is {len(data)} bytes, over the {MAX_BYTES}-byte limit")
+    with _decoding(name):
+        img = Image.open(io.BytesIO(data))
+    if header is not None:
+        header(img)
+    with _decoding(name):
+        if draft is not None:
+            img.draft("RGB", draft)  # JPEG only; other formats ignore it
+        img.load()
+    if img.width < 1 or img.height < 1:
+        raise BadImageError(name, f"image has no pixels ({img.width}x{img.height})")
+    return img
+
+
+@contextmanager
+def _decoding(name: str) -> Iterator[None]:
+    """Pillow's errors while opening or decoding `name`, as one BadImageError; the decompression-bomb guard on."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if draft is not None:
-                img.draft("RGB", draft)  # JPEG only; other formats ignore it
-            img.load()
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(name, f"refused as a decompression bomb ({e})") from None
     except Image.UnidentifiedImageError:
         raise BadImageError(name, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImageError(name, f"corrupt or truncated image ({e})") from None
-    if img.width < 1 or img.height < 1:
-        raise BadImageError(name, f"image has no pixels ({img.width}x{img.height})")
-    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
