@@ -8,10 +8,10 @@ Per N and mode it prints: planning (listing, tagging, manifest: everything befor
 report + zip, images/s of the run, the driver's peak RSS, the manifest's size, and a rerun that finds the job
 complete. The job (with its zip) and its rerun each run in their own process (a fresh driver, as a user would
 run them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them to 256x256 anyway), made once
-into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to read: images/s at N against images/s at the smallest N
-(flat per-image cost), (planning + report + zip) / run, and the RSS growth. --plan-only plans each job twice (the
-first run, then a resumed one) and runs no model: the driver's planning cost and memory at N where running N images
-would take hours (1,000,000).
+into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to
+read: images/s at N against images/s at the smallest N (flat per-image cost), (planning + report + zip) / run, and
+the RSS growth. --plan-only plans each job twice (the first run, then a resumed one) and runs no model: the
+driver's planning cost and memory at N where running N images would take hours (1,000,000).
 """
 from __future__ import annotations
 
@@ -197,8 +197,8 @@ def main() -> int:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
-        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                   AWS_DEFAULT_REGION="us-east-1")
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
         os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                                 "AWS_DEFAULT_REGION")})
         import boto3
