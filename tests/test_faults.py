@@ -200,6 +200,9 @@ class TermAtBatch(engine.GeneratorActor):
         return super().__call__(batch)
 
 if __name__ == "__main__":
+    # Ctrl-C as at a terminal: a shell starts background commands with SIGINT ignored (pytest run with `&`), and
+    # Python then leaves it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["DRIVER_PID"] = str(os.getpid())
     engine.GeneratorActor = TermAtBatch
     sys.exit(run_main(stylize_job.main, sys.argv[1:]))
