@@ -36,13 +36,14 @@ class JobManifest:
     100,000 inputs those were ~40 MB of the driver's memory, and their JSON text twice more."""
     head: dict
     plan: list[Row]
+    entries: _Entries   # the plan's output entries, sorted once for the fingerprint and the file
 
     @property
     def fingerprint(self) -> str:
         return self.head["fingerprint"]
 
     def outputs(self) -> dict:
-        return dict(_output_entries(self.plan))
+        return dict(self.entries)
 
     def as_dict(self) -> dict:
         """The whole manifest as a dict (what the file says): for naming what differs from another job's."""
@@ -51,7 +52,7 @@ class JobManifest:
 
     def encode(self) -> bytes:
         """The file's bytes: exactly `json.dumps(self.as_dict(), indent=1, sort_keys=True)`, streamed."""
-        present = {name: entries for name, entries in (("outputs", _output_entries(self.plan)),
+        present = {name: entries for name, entries in (("outputs", self.entries),
                                                        ("input_stats", _stat_entries(self.plan))) if entries}
         text = json.dumps({**self.head, "outputs": {}, **{name: f"\0{name}\0" for name in present}}, indent=1,
                           sort_keys=True)
@@ -109,10 +110,10 @@ def _stat_entries(plan: list[Row]) -> _Entries:
                     lambda row: [row.item.stat, row.item.tag])
 
 
-def _fingerprint(settings: dict, plan: list[Row]) -> str:
+def _fingerprint(settings: dict, outputs: _Entries) -> str:
     """sha256 of json.dumps([settings, outputs], sort_keys=True), streamed (the same value as manifests before)."""
     h = hashlib.sha256(f"[{json.dumps(settings, sort_keys=True)}, {{".encode())
-    for i, (out, entry) in enumerate(_output_entries(plan)):
+    for i, (out, entry) in enumerate(outputs):
         h.update(f'{", " if i else ""}{_json(out)}: [{", ".join(_json(v) for v in entry)}]'.encode())
     h.update(b"}]")
     return h.hexdigest()
@@ -126,8 +127,9 @@ def job_manifest(job: str, kind: str, checkpoint: bytes, plan: list[Row], settin
     the files that changed since (gan.io.sources.scan_inputs)."""
     settings = {"job": job, "kind": kind, "checkpoint_sha256": hashlib.sha256(checkpoint).hexdigest(),
                 "image_policy": IMAGE_POLICY, **settings}
-    return JobManifest({"job": job, "fingerprint": _fingerprint(settings, plan), "settings": settings, **extra},
-                       plan)
+    outputs = _output_entries(plan)
+    return JobManifest({"job": job, "fingerprint": _fingerprint(settings, outputs), "settings": settings, **extra},
+                       plan, outputs)
 
 
 def known_inputs(storage: Storage) -> dict[str, tuple[str, str]]:
