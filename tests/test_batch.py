@@ -51,6 +51,18 @@ def opts(ckpt, out, **kw) -> BatchOptions:
                         progress=False, **kw)
 
 
+def test_a_local_key_never_leaves_the_storage_root(tmp_path):
+    storage = open_storage(str(tmp_path / "root"))
+    storage.write("a/b.jpg", b"x")
+    assert storage.read("a/b.jpg") == b"x" and storage.child("a/b.jpg") == str(tmp_path / "root" / "a" / "b.jpg")
+    for key in ("../outside.jpg", "a/../../outside.jpg", "/etc/passwd"):
+        with pytest.raises(StorageError, match="leaves the storage root"):
+            storage.write(key, b"x")
+        with pytest.raises(StorageError, match="leaves the storage root"):
+            storage.read(key)
+    assert not (tmp_path / "outside.jpg").exists()
+
+
 def test_safe_output_names():
     assert safe_stem("../../etc/passwd") == "passwd"
     assert safe_stem("..\\..\\evil name!.jpg") == "evil_name"
@@ -246,6 +258,33 @@ def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
     good = [k for k in keys if k not in ("2.jpg", "7.jpg")]
     assert [(k, d) for k, d in checked_images(open_storage(str(folder)), good, ahead=3)] == [
         (k, (folder / k).read_bytes()) for k in good]
+
+
+def test_a_large_local_zip_is_checked_in_processes_in_order(tmp_path, monkeypatch):
+    """A large local folder is read and checked in processes, chunk by chunk: the same entries, in order, the same
+    zip bytes as the serial check; the first bad image (or a missing one) is raised at its key, after the good ones
+    before it."""
+    from gan.batch import submission
+    folder = tmp_path / "styled"
+    folder.mkdir()
+    keys = [f"{i:02d}.jpg" for i in range(9)]
+    for i, key in enumerate(keys):
+        (folder / key).write_bytes(image_bytes(seed=i))
+    storage = open_storage(str(folder))
+    monkeypatch.setattr(submission, "PROCESS_CHUNK", 2)  # chunk boundaries inside this small folder
+    assert list(checked_images(storage, keys, processes=2)) == [(k, (folder / k).read_bytes()) for k in keys]
+    assemble(storage, str(tmp_path / "serial.zip"), min_images=1)
+    monkeypatch.setattr(submission, "PROCESSES_FROM", 1)
+    assemble(storage, str(tmp_path / "processes.zip"), min_images=1)
+    assert (tmp_path / "processes.zip").read_bytes() == (tmp_path / "serial.zip").read_bytes()
+    (folder / "05.jpg").write_bytes(image_bytes(size=(64, 64)))
+    (folder / "07.jpg").write_bytes(b"not a jpeg")
+    seen = []
+    with pytest.raises(SubmissionError, match="05.jpg: is 64x64"):
+        seen.extend(k for k, _ in checked_images(storage, keys, processes=2))
+    assert seen == keys[:5]
+    with pytest.raises(StorageError, match="no such file"):
+        list(checked_images(storage, keys[:3] + ["missing.jpg"], processes=2))
 
 
 def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, capsys):

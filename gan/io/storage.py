@@ -165,11 +165,14 @@ class LocalStorage:
     def uri(self) -> str:
         return self.root
 
-    def _path(self, key: str) -> Path:
-        path = (Path(self.root) / key) if key else Path(self.root)
-        if ".." in Path(key).parts:
+    def _file(self, key: str) -> str:
+        """The path of `key` under the root, as a string (a Path per read was ~9 s per 100,000 zipped images)."""
+        if key.startswith("/") or ".." in key.split("/"):
             raise StorageError(f"{self.root}: key {key!r} leaves the storage root")
-        return path
+        return os.path.join(self.root, key) if key else self.root
+
+    def _path(self, key: str) -> Path:
+        return Path(self._file(key))
 
     def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
         """(key, stat) of every file under `prefix`, hidden temp files excluded; one scandir per folder, so a
@@ -202,7 +205,7 @@ class LocalStorage:
 
     def info(self, key: str) -> ObjectInfo:
         try:
-            st = self._path(key).stat()
+            st = os.stat(self._file(key))
         except FileNotFoundError:
             raise StorageError(f"{self.child(key)}: no such file") from None
         return ObjectInfo(key, st.st_size, stat=_stat_tag(st))
@@ -210,7 +213,7 @@ class LocalStorage:
     def content_tag(self, key: str) -> str:
         """A digest of the file's bytes (BLAKE2b, read in 1 MiB pieces)."""
         h = hashlib.blake2b(digest_size=16)
-        with open(self._path(key), "rb") as f:
+        with open(self._file(key), "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return "b2:" + h.hexdigest()
@@ -233,18 +236,19 @@ class LocalStorage:
 
     def read(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._file(key), "rb") as f:
+                return f.read()
         except FileNotFoundError:
             raise StorageError(f"{self.child(key)}: no such file") from None
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
-        with open(self._path(key), "rb") as f:
+        with open(self._file(key), "rb") as f:
             f.seek(offset)
             return f.read(length)
 
     def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
+            return os.stat(self._file(key)).st_size
         except FileNotFoundError:
             raise StorageError(f"{self.child(key)}: no such file") from None
 
@@ -284,14 +288,14 @@ class LocalStorage:
         return e
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._file(key))
 
     def upload_file(self, key: str, path: str) -> None:
         with self.open_write(key) as f, open(path, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
 
     def child(self, key: str) -> str:
-        return str(self._path(key))
+        return self._file(key)
 
 
 @dataclass
