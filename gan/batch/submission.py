@@ -10,13 +10,14 @@ entry carries a fixed date, not the clock's.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import itertools
 import multiprocessing
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -110,19 +111,8 @@ def checked_images(storage: Storage, keys: list[str], ahead: int = 0,
         yield from ((key, read_checked(storage, key)) for key in keys)
         return
 
-    todo = iter(keys)
     with ThreadPoolExecutor(ahead) as pool:
-        window = collections.deque((key, pool.submit(read_checked, storage, key))
-                                   for key in itertools.islice(todo, ahead))
-        try:
-            while window:
-                key, pending = window.popleft()
-                data = pending.result()
-                window.extend((k, pool.submit(read_checked, storage, k)) for k in itertools.islice(todo, 1))
-                yield key, data
-        finally:  # stopped early (an error, the caller gone): what is still queued is dropped, not read
-            for _, pending in window:
-                pending.cancel()
+        yield from in_order(pool, functools.partial(read_checked, storage), keys, ahead)
 
 
 def read_checked(storage: Storage, key: str) -> bytes:
@@ -132,21 +122,30 @@ def read_checked(storage: Storage, key: str) -> bytes:
 
 
 def _checked_in_processes(storage: Storage, keys: list[str], processes: int) -> Iterator[tuple[str, bytes]]:
-    chunks = (keys[i:i + PROCESS_CHUNK] for i in range(0, len(keys), PROCESS_CHUNK))
+    chunks = [keys[i:i + PROCESS_CHUNK] for i in range(0, len(keys), PROCESS_CHUNK)]
     # spawn, not fork: the driver has threads (Ray's, boto's), and a forked child may inherit one's held lock
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        window = collections.deque((chunk, pool.submit(_read_checked_chunk, storage, chunk))
-                                   for chunk in itertools.islice(chunks, 2 * processes))
-        while window:
-            chunk, pending = window.popleft()
-            datas, error = pending.result()
-            window.extend((c, pool.submit(_read_checked_chunk, storage, c)) for c in itertools.islice(chunks, 1))
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for chunk, (datas, error) in in_order(pool, functools.partial(_read_checked_chunk, storage), chunks,
+                                              2 * processes):
             yield from zip(chunk, datas)
             if error is not None:
                 raise error
+
+
+def in_order(pool: Executor, fn: Callable, items: list, ahead: int) -> Iterator[tuple]:
+    """(item, fn(item)) of each item, in order, with up to `ahead` calls in flight in `pool`; a call's error is
+    raised at its item."""
+    todo = iter(items)
+    window = collections.deque((item, pool.submit(fn, item)) for item in itertools.islice(todo, ahead))
+    try:
+        while window:
+            item, pending = window.popleft()
+            result = pending.result()
+            window.extend((i, pool.submit(fn, i)) for i in itertools.islice(todo, 1))
+            yield item, result
     finally:  # stopped early (an error, the caller gone): what is still queued is dropped, not read
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, pending in window:
+            pending.cancel()
 
 
 def _read_checked_chunk(storage: Storage, keys: list[str]) -> tuple[list[bytes], Exception | None]:
