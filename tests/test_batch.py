@@ -275,7 +275,11 @@ def test_a_large_local_zip_is_checked_in_processes_in_order(tmp_path, monkeypatc
     assert list(checked_images(storage, keys, processes=2)) == [(k, (folder / k).read_bytes()) for k in keys]
     assemble(storage, str(tmp_path / "serial.zip"), min_images=1)
     monkeypatch.setattr(submission, "PROCESSES_FROM", 1)
+    in_processes = []
+    checked = submission._checked_in_processes
+    monkeypatch.setattr(submission, "_checked_in_processes", lambda *a: in_processes.append(a[2]) or checked(*a))
     assemble(storage, str(tmp_path / "processes.zip"), min_images=1)
+    assert in_processes == [submission.checking_processes()]  # a local folder's storage reads in processes
     assert (tmp_path / "processes.zip").read_bytes() == (tmp_path / "serial.zip").read_bytes()
     (folder / "05.jpg").write_bytes(image_bytes(size=(64, 64)))
     (folder / "07.jpg").write_bytes(b"not a jpeg")

@@ -23,13 +23,14 @@ from PIL import Image
 
 from gan.batch.manifest import manifest_outputs
 from gan.io.images import IMAGE_SIZE, BadImageError, open_image
-from gan.io.storage import LocalStorage, Storage, StorageError, split_uri
+from gan.io.storage import Storage, StorageError, split_uri
 
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
 ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries do not record when they were written
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
-# A local folder of at least this many images is checked in processes: each starts a Python that imports the
-# entrypoint's modules (~2-4 s), paid back from ~20,000 images (a serial check is ~0.4 ms per image).
+# A folder of at least this many images, in storage whose `reads_in_processes` (a local one), is checked in
+# processes: each starts a Python that imports the entrypoint's modules (~2-4 s), paid back from ~20,000 images
+# (a serial check is ~0.4 ms per image).
 PROCESSES_FROM = 20_000
 PROCESS_CHUNK = 128  # keys per task: one round trip per chunk, ~4 MB of photos
 
@@ -83,7 +84,7 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
     keys = image_keys(storage)
     check_count(len(keys), storage.uri, min_images, max_images)
     target, name = split_uri(output_uri)
-    processes = checking_processes() if isinstance(storage, LocalStorage) and len(keys) >= PROCESSES_FROM else 0
+    processes = checking_processes() if storage.reads_in_processes and len(keys) >= PROCESSES_FROM else 0
     total = 0
     with target.open_write(name) as f:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:

@@ -132,6 +132,7 @@ class ObjectInfo:
 class Storage(Protocol):
     uri: str
     read_ahead: int  # reads worth having in flight at once when reading many keys (each waits on the network)
+    reads_in_processes: bool  # reading and checking many keys is CPU work (one process per core pays), not waiting
 
     def list(self, prefix: str = "") -> list[str]: ...
     def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -160,6 +161,7 @@ def _stat_tag(st: os.stat_result) -> str:
 class LocalStorage:
     root: str
     read_ahead = 2  # a local read does not wait, but the zip's check decodes in the reading thread without the GIL
+    reads_in_processes = True  # the check is Pillow under the GIL: 2 threads lost to serial, processes won 1.6x
 
     @property
     def uri(self) -> str:
@@ -305,6 +307,7 @@ class S3Storage:
     retry_window_s: float = field(default_factory=lambda: RETRY_WINDOW_S)  # the creator's, carried to workers
     endpoint: str | None = field(default_factory=s3_endpoint)  # likewise: workers talk to the driver's endpoint
     read_ahead = 16  # a GET waits tens of ms for its first byte: 16 in flight hide that
+    reads_in_processes = False  # on moto, 2 processes of 8 threads read slower than 16 threads (docs/scaling.md)
 
     @property
     def uri(self) -> str:

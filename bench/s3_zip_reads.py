@@ -1,0 +1,107 @@
+"""Reading a zip's images back from an S3 server: what one driver process spends per GET, and whether processes help.
+
+python bench/s3_zip_reads.py [--count 3000] [--modes get,zip,processes] [--repeat 2]
+`count` copies of one 256x256 JPEG are put on a moto server on 127.0.0.1 (in this process, as in bench/scale.py),
+then read back by a separate client process per mode, alternated `repeat` times: `get` (16 GETs in flight, no
+check: boto3 alone), `zip` (`checked_images` with S3Storage.read_ahead: what `assemble` does), `processes` (2
+processes reading chunks of 128 keys, 8 GETs in flight in each, then checked: the local folder's path, with threads
+inside). Per mode: images/s and the client's CPU per image (its own and its children's; the processes' imports
+included). On moto the server is the limit; the CPU per image says where one driver process would stop on S3.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import logging
+import multiprocessing
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gan.batch.submission import PROCESS_CHUNK, checked_images, in_order, read_checked  # noqa: E402
+from gan.io.storage import S3Storage, open_storage  # noqa: E402
+
+BUCKET, PREFIX = "zip-reads", "out"
+
+
+def read_chunk(storage: S3Storage, keys: list[str]) -> list[bytes]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(functools.partial(read_checked, storage), keys))
+
+
+def cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def client(mode: str, count: int) -> None:
+    storage = open_storage(f"s3://{BUCKET}/{PREFIX}")
+    keys = [f"{i:06d}.jpg" for i in range(count)]
+    storage.read(keys[0])  # the client built, its first connection made, before the clock starts
+    cpu, start = cpu_s(), time.monotonic()
+    if mode == "get":
+        with ThreadPoolExecutor(storage.read_ahead) as pool:
+            n = sum(1 for _ in pool.map(storage.read, keys))
+    elif mode == "zip":
+        n = sum(1 for _ in checked_images(storage, keys, storage.read_ahead))
+    elif mode == "processes":
+        chunks = [keys[i:i + PROCESS_CHUNK] for i in range(0, count, PROCESS_CHUNK)]
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            n = sum(len(datas) for _, datas in in_order(pool, functools.partial(read_chunk, storage), chunks, 4))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    wall, cpu = time.monotonic() - start, cpu_s() - cpu
+    print(f"{mode:10s} {n:6d} images  {wall:7.2f} s  {n / wall:6.0f} images/s  client CPU {1000 * cpu / n:5.2f} ms "
+          "per image", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=3000)
+    p.add_argument("--modes", default="get,zip,processes")
+    p.add_argument("--repeat", type=int, default=2)
+    args = p.parse_args()
+
+    import boto3
+    import numpy as np
+    from moto.server import ThreadedMotoServer
+    from PIL import Image
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    pixels = (np.random.default_rng(0).random((256, 256, 3)) * 60 + 100).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{i:06d}.jpg", Body=buf.getvalue()),
+                      range(args.count)))
+    print(f"{args.count} objects of {len(buf.getvalue())} bytes on moto; one client process per mode", flush=True)
+    try:
+        for _ in range(args.repeat):
+            for mode in args.modes.split(","):
+                subprocess.run([sys.executable, __file__, "--client", mode, str(args.count)], check=True)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--client"]:
+        client(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit(main())
