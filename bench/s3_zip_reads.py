@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import logging
 import multiprocessing
-import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -72,18 +69,11 @@ def main() -> int:
 
     import boto3
     import numpy as np
-    from moto.server import ThreadedMotoServer
     from PIL import Image
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+
+    from bench.moto_server import start_moto_server
+    server, _ = start_moto_server(BUCKET)
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
     pixels = (np.random.default_rng(0).random((256, 256, 3)) * 60 + 100).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)

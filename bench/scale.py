@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -190,20 +189,9 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     server = None
     if "s3" in modes:
-        from moto.server import ThreadedMotoServer
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
-        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                   AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                "AWS_DEFAULT_REGION")})
-        import boto3
-        boto3.client("s3").create_bucket(Bucket="scale")
+        from bench.moto_server import start_moto_server
+        server, aws = start_moto_server("scale")
+        env.update(aws)
     rows = []
     for n in counts:
         make_inputs(args.cache / "photos", n)
