@@ -14,6 +14,9 @@ os.environ.pop("RAY_ADDRESS", None)
 # Ray Train's controller looks at its workers every 2 s, so a run ends up to 2 s after its last epoch; the suite's
 # ~40 tiny runs (and the jobs its tests start in subprocesses, which inherit this) look every 0.25 s.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Each Train run also starts an actor that watches for nodes being drained (a cloud's preemption notice); no test
+# drains a node, and on 2 cores its process costs every run ~1.5 s of CPU.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def free_port() -> int:

@@ -92,7 +92,8 @@ def test_asha_stops_poor_trials_and_the_report_ranks_them(ray_cluster, demo_data
     for name in (SAMPLES_PNG, CURVES_PNG):
         assert Image.open(out / "s" / name).format == "PNG"
     best = from_bytes((tmp_path / "best.pt").read_bytes(), "best.pt", expect_kind="cyclegan")
-    assert best.config["upsample"] == trials[0]["settings"]["upsample"]
+    assert (best.config["upsample"], best.config["ema"]) == (trials[0]["settings"]["upsample"],
+                                                             trials[0]["settings"]["ema"])
     result = stylize(str(demo_data / "photo_jpg"), BatchOptions(checkpoint=str(tmp_path / "best.pt"),
                                                                 output=open_storage(str(tmp_path / "styled")),
                                                                 progress=False))

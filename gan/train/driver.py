@@ -1,8 +1,9 @@
 """The training driver: check the settings, start or join Ray, run Ray Train's `fit()` and print a line per epoch.
 
 A rerun with the same name and storage continues from the run's latest checkpoint (Ray Train finds it). The
-driver hears about each epoch through a Ray queue that a callback in Ray Train's controller fills, and can hold
-the workers before each next epoch (a gate): a search trial trains nothing that Tune has not seen.
+driver hears about each epoch through a small actor (`EpochChannel`) that a callback in Ray Train's controller
+fills, and can hold the workers there before each next epoch (a gate): a search trial trains nothing that Tune has
+not seen.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ray.train import UserCallback
 import gan.io.storage as storage_module
 from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, arrow_filesystem, arrow_outage,
                             s3_endpoint)
+from gan.train.epoch_channel import EpochChannel
 from gan.train.quality import SCORE
 from gan.train.settings import (TrainSettings, check_settings, check_workers_placeable, per_worker_resources,
                                 worker_count)
@@ -28,17 +30,18 @@ def storage_args(storage: str) -> dict:
 
 
 class EpochLines(UserCallback):
-    """Runs in Ray Train's controller and sends each epoch's metrics to the driver through a queue.
+    """Runs in Ray Train's controller and sends each epoch's metrics to the driver through its `EpochChannel`.
 
     Workers' and the controller's own output stays in Ray's logs unless --verbose; this is how the
     driver still prints one line per epoch.
     """
 
-    def __init__(self, queue):
-        self.queue = queue
+    def __init__(self, channel):
+        self.channel = channel
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put({**metrics[0], "checkpoint": checkpoint.path if checkpoint else None})
+        import ray  # waited on: every epoch is in the channel before fit() returns
+        ray.get(self.channel.put.remote({**metrics[0], "checkpoint": checkpoint.path if checkpoint else None}))
 
 
 def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHook | None = None,
@@ -47,7 +50,7 @@ def make_trainer(settings: TrainSettings, name: str, storage: str, hook: LoopHoo
 
     `start_from`: a checkpoint folder (local or s3://) of another run that a new run starts from, with its own
     settings (a population-based search's exploit); the run's own checkpoints, once it has one, win.
-    `gate`: an `EpochGate` that the workers wait on after each epoch but the last.
+    `gate`: an `EpochChannel` that the workers wait on after each epoch but the last.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -78,19 +81,6 @@ def epoch_line(m: dict, epochs: int) -> str:
             f"{m['seconds']:.1f} s{peak}{score}{saved}")
 
 
-class EpochGate:
-    """How far the driver lets the workers train: the last epoch whose metrics it has handled. A Ray actor."""
-
-    def __init__(self):
-        self.epoch = -1
-
-    def open(self, epoch: int) -> None:
-        self.epoch = max(self.epoch, epoch)
-
-    def opened(self) -> int:
-        return self.epoch
-
-
 def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: Callable[[dict], None],
                     hook: LoopHook | None = None, start_from: str | None = None, lockstep: bool = False):
     """`fit()` a trainer for these settings in a thread while each epoch's metrics reach `on_epoch` here, in this
@@ -102,14 +92,12 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
     the others) trains no epoch past the last one Tune saw: PBT's rounds stay synchronous and no work is wasted.
     """
     import ray
-    from ray.util.queue import Empty, Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    # on this node, as Ray Train puts its controller: a queue on a worker node would die with that node
+    # on this node, as Ray Train puts its controller: a channel on a worker node would die with that node
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    gate = ray.remote(EpochGate).options(num_cpus=0, scheduling_strategy=here).remote() if lockstep else None
-    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(queue)], start_from=start_from,
-                           gate=gate)
+    channel = ray.remote(EpochChannel).options(num_cpus=0, scheduling_strategy=here).remote()
+    trainer = make_trainer(settings, name, storage, hook, callbacks=[EpochLines(channel)], start_from=start_from,
+                           gate=channel if lockstep else None)
     outcome: dict = {}
 
     def fit() -> None:
@@ -121,18 +109,16 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
     runner = threading.Thread(target=fit, daemon=True)
     runner.start()
     try:
-        while runner.is_alive() or not queue.empty():
-            try:
-                metrics = queue.get(timeout=0.2)
-            except Empty:
-                continue
-            on_epoch(metrics)
-            if gate is not None:
-                gate.open.remote(metrics["epoch"])
+        while True:
+            running = runner.is_alive()  # read before taking: what the run put before it ended is taken
+            for metrics in ray.get(channel.take.remote(0.2)):
+                on_epoch(metrics)
+                if lockstep:
+                    channel.open.remote(metrics["epoch"])
+            if not running:
+                break
     finally:
-        ray.kill(queue.actor)
-        if gate is not None:
-            ray.kill(gate)
+        ray.kill(channel)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -177,5 +163,5 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-__all__ = ["run_training", "fit_with_epochs", "make_trainer", "storage_args", "epoch_line", "EpochGate",
+__all__ = ["run_training", "fit_with_epochs", "make_trainer", "storage_args", "epoch_line",
            "TrainingError"]
