@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
+
+if TYPE_CHECKING:  # torch loads only where tensors are made: decode, read and write tasks and the zip's processes
+    import torch   # import this module without it (~1.5 s of CPU and ~200 MB per process)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 MAX_BYTES = 50 * 1024 * 1024             # one input file; larger ones are refused before decoding
@@ -115,6 +117,7 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    import torch
     t = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(127.5).sub_(1.0)
     return t.movedim(-1, -3)
 
@@ -126,6 +129,7 @@ def from_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) float in [-1, 1] -> the same shape in uint8, where the images are."""
+    import torch
     return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 
