@@ -1,9 +1,8 @@
 """The training driver's line to its run: each epoch's metrics, sent by Ray Train's controller, and how far the
 driver lets the workers train (the gate of a search trial). One small Ray actor per run.
 
-In a module of its own that imports nothing but the standard library: the actor's process imports the module
-that defines its class, and the training code's (torch) cost each run's actor ~3 s of CPU to start. Ray's own
-`ray.util.queue.Queue` beside a separate gate actor was two processes where one does.
+In a module of its own that imports only the standard library: an actor's process imports the module that
+defines its class, and the training code (torch) would cost each run's channel ~3 s of CPU to start.
 """
 from __future__ import annotations
 
