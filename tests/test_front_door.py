@@ -299,26 +299,28 @@ def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
     assert not real.use_gpu and settings(["--data", "x", "--recipe", "kaggle"]).use_gpu
 
 
+def _loaded_by_importing(modules: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of `watched` a fresh interpreter has loaded after `import` of `modules` (the repo on its path)."""
+    code = f"import json, sys, {modules}\nprint(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
 def test_jobs_workers_and_the_server_start_without_the_slow_optional_imports():
     """Every Ray worker, trial, actor and replica imports our modules at its start; torchvision (it loads
     torch._dynamo) and torchmetrics (scipy) cost it seconds there, so they load only where a grid is drawn or a
     score computed."""
-    code = ("import sys, jobs.train, jobs.tune, jobs.pipeline, jobs.stylize, jobs.generate, jobs.evaluate, "
-            "jobs.assemble, gan.train.driver, gan.train.worker, gan.train.search, gan.batch.engine, serve.app\n"
-            "print(sorted(m for m in ('torchvision', 'torchmetrics', 'scipy', 'torch._dynamo') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert _loaded_by_importing("jobs.train, jobs.tune, jobs.pipeline, jobs.stylize, jobs.generate, jobs.evaluate, "
+                                "jobs.assemble, gan.train.driver, gan.train.worker, gan.train.search, "
+                                "gan.batch.engine, serve.app",
+                                ("torchvision", "torchmetrics", "scipy", "torch._dynamo")) == []
 
 
 def test_batch_tasks_the_zips_processes_and_a_runs_channel_start_without_torch():
     """Processes that only move bytes import only these modules: Ray Data's decode, read and write tasks (the stages
     in gan.batch.pipeline), the submission zip's checking processes (gan.batch.submission) and each training run's
     EpochChannel actor. Torch there would cost every such process ~1.5 s of CPU and ~200 MB for nothing."""
-    code = ("import sys, gan.batch.pipeline, gan.batch.submission, gan.io.sources, gan.train.epoch_channel\n"
-            "print('torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False"
+    assert _loaded_by_importing("gan.batch.pipeline, gan.batch.submission, gan.io.sources, gan.train.epoch_channel",
+                                ("torch",)) == []
