@@ -10,9 +10,11 @@ log files (`/tmp/ray/session_latest/logs`). `--verbose` brings all of it back.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -59,8 +61,14 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=DASHBOARD,
-                 dashboard_host="127.0.0.1", **quiet)
+        # Ray's own actors (Ray Train's placement-group cleaner) reach the State API at RAY_API_SERVER_ADDRESS, else
+        # at the cluster that the last `ray start`'s address file names: one a killed head left behind names a dead
+        # cluster, and every training run waited 10 s on it while the cleaner never cleaned. The processes this Ray
+        # starts inherit the environment as ray.init finds it, so they are told where its dashboard will be.
+        port = _free_port()
+        with _environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+            ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=DASHBOARD,
+                     dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
         global _embedded_gcs
         _embedded_gcs = ray.get_runtime_context().gcs_address
     if not _verbose:
@@ -69,6 +77,27 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         set_verbose(False)  # ray.init configures Ray's loggers again
     if term is not None:  # Ray's native crash handler took SIGTERM over (and aborts the process on it): give it back
         signal.signal(signal.SIGTERM, term)
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """These environment variables while the block runs, the process's own after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _python_sigterm_handler():

@@ -134,7 +134,7 @@ def test_a_data_error_in_the_workers_spends_exactly_one_attempt(ray_cluster, dem
     assert sorted(Path(log).read_text().split()) == ["0", "1"]  # both workers, once: no retry
 
 
-def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(ray_cluster, demo_data, tmp_path, capsys):
+def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(finished_run, demo_data, tmp_path):
     log = str(tmp_path / "setups.log")
 
     def count(event: str, rank: int, epoch: int) -> None:
@@ -142,13 +142,11 @@ def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(ray_cluster, d
             with open(log, "a") as f:
                 f.write(f"{rank}\n")
 
-    lines: list[str] = []
-    run_training(_settings(demo_data, epochs=1, num_workers=1), "same", str(tmp_path / "runs"), echo=lines.append)
-    assert len(lines) == 1 and lines[0].startswith("train: epoch 1/1") and "checkpoint saved" in lines[0]
+    finished_run.copy_to(tmp_path / "runs")  # a CycleGAN run, under the name the DCGAN run is given
     dcgan = _settings(demo_data, model="dcgan", epochs=2, num_workers=1,
                       model_config={"image_size": 64, "ngf": 8, "ndf": 8})
     with pytest.raises(TrainingError, match="is a cyclegan run; this run trains dcgan"):
-        run_training(dcgan, "same", str(tmp_path / "runs"), hook=count, echo=lambda line: None)
+        run_training(dcgan, finished_run.folder.name, str(tmp_path / "runs"), hook=count, echo=lambda line: None)
     assert Path(log).read_text().split() == ["0"]  # one attempt
 
 
@@ -253,17 +251,22 @@ def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
     """The README's main command form, relative --workdir, in a new directory, in its own process and Ray.
 
     Ray's temp dir names a dead `ray start` cluster (a stale `ray_current_cluster`, as a killed head leaves it),
-    which a plain `ray.init()` would try to join: without RAY_ADDRESS the job starts its own Ray all the same."""
+    which a plain `ray.init()` would try to join: without RAY_ADDRESS the job starts its own Ray all the same, and
+    none of that Ray's processes (Ray Train's placement-group cleaner asks the State API) tries the dead one."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     (ray_tmp / "ray").mkdir()
-    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}\n")
+    dead = free_port()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_TMPDIR": str(ray_tmp)}
     cmd = [sys.executable, "-m", "jobs.pipeline", "--workdir", "demo", "--photos", "16", "--paintings", "8",
            "--epochs", "1", "--image-size", "32", "--ngf", "8", "--n-blocks", "1", "--features", "pixels"]
     try:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        logs = [p for p in (ray_tmp / "ray").glob("session_*/logs/*") if p.is_file()]
+        tried_dead = [p.name for p in logs if f":{dead}" in p.read_text(errors="replace")]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert logs and tried_dead == [], tried_dead  # (it cost each training run 10 s of GCS connection timeouts)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert (tmp_path / "demo" / "images.zip").is_file()
