@@ -39,6 +39,10 @@ def snapshot() -> dict[tuple[str, str], tuple[str, float]]:
     return out
 
 
+def _is_actor(title: str) -> bool:
+    return title.startswith("ray::") and not title.startswith("ray::IDLE")
+
+
 def kind(title: str) -> str:
     """`ray::TrainController.run` -> `ray::TrainController`; a python command -> its script or module."""
     if title.startswith("ray::"):
@@ -63,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(command)
     while proc.poll() is None:
         for key, (title, cpu) in snapshot().items():
-            first = seen.get(key, (title, 0.0))[0]
-            # keep the first real title: a dying process's cmdline reads empty, a pooled worker's `ray::IDLE`
-            seen[key] = (first if first and not first.startswith("ray::IDLE") else title, cpu)
+            kept = seen.get(key, (title, 0.0))[0]
+            # keep the first actor's title: a worker starts as default_worker.py's command line, waits in the
+            # pool as `ray::IDLE`, then takes its actor's; a dying process's command line reads empty
+            if not _is_actor(kept) and title and not title.startswith("ray::IDLE"):
+                kept = title
+            seen[key] = (kept, cpu)
         time.sleep(0.2)
     wall = time.monotonic() - started
     kinds: dict = collections.defaultdict(lambda: [0.0, 0])

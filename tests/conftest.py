@@ -1,8 +1,12 @@
 """Shared fixtures: one local Ray per test session, a real S3 endpoint (moto's server) on loopback, demo data."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -137,3 +141,37 @@ def cyclegan_ckpt(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("ckpt") / "g.pt"
     path.write_bytes(to_bytes(generator_checkpoint("cyclegan", CycleGANConfig(ngf=8, n_blocks=1), ResnetGenerator(8, 1))))
     return str(path)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished tiny training run; tests that continue or damage it work on a copy (`copy_to`)."""
+    folder: Path          # the run's folder: checkpoint_epoch_* and Ray Train's snapshot of them
+    args: list[str]       # its settings' flags (the command less --epochs, --storage, --name and --export)
+    epochs: int
+    export: Path          # what --export wrote: the best epoch's generator
+    lines: list[str]      # what the command printed
+
+    def copy_to(self, storage: Path) -> list[str]:
+        """The run copied into `storage` under its name (Ray Train's snapshot names its checkpoints relative to the
+        run's folder, so the copy continues as the original would); the flags that continue it there."""
+        shutil.copytree(self.folder, storage / self.folder.name)
+        return [*self.args, "--storage", str(storage), "--name", self.folder.name]
+
+
+@pytest.fixture(scope="session")
+def finished_run(ray_cluster, demo_data, tmp_path_factory) -> FinishedRun:
+    """`jobs.train` of a tiny CycleGAN on two workers for 3 epochs, scored (pixel stand-in) every 2 epochs and at
+    the last, its best epoch exported: one Train run for the tests of resuming, of damaged checkpoints and of a
+    checkpoint of another kind, which each started from a run of their own before."""
+    from jobs import train as train_job
+    root = tmp_path_factory.mktemp("finished")
+    args = ["--model", "cyclegan", "--data", str(demo_data), "--image-size", "32", "--ngf", "8", "--ndf", "8",
+            "--n-blocks", "1", "--batch-size", "2", "--num-workers", "2", "--eval-features", "pixels",
+            "--eval-photos", "8", "--eval-every", "2"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = train_job.main([*args, "--epochs", "3", "--storage", str(root / "runs"), "--name", "cg",
+                               "--export", str(root / "g.pt")])
+    assert code == 0, printed.getvalue()[-2000:]
+    return FinishedRun(root / "runs" / "cg", args, 3, root / "g.pt", printed.getvalue().splitlines())

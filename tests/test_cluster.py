@@ -18,9 +18,9 @@ import pytest
 from gan.batch.engine import BatchOptions, GeneratorActor
 from gan.batch.stylize import stylize
 from gan.batch.submission import assemble
-from gan.io.storage import open_storage, write_uri
+from gan.io.storage import open_storage
 from gan.train.driver import run_training
-from gan.train.run_checkpoint import GENERATOR_FILE, HISTORY_FILE
+from gan.train.run_checkpoint import HISTORY_FILE
 from gan.train.settings import TrainSettings
 from tests.conftest import S3_ENV
 
@@ -68,14 +68,11 @@ def _settings(demo_data: Path, **kw) -> TrainSettings:
 
 def test_training_with_two_workers_on_two_nodes(nodes, demo_data, tmp_path):
     runs = tmp_path / "runs"
-    run_training(_settings(demo_data, num_workers=1), "one", str(runs), echo=lambda line: None)
     run_training(_settings(demo_data, num_workers=2), "two", str(runs), echo=lambda line: None)
-    one, two = _history(runs, "one"), _history(runs, "two")
-    assert [sorted(h) for h in two] == [sorted(h) for h in one]  # the same record per epoch, epoch for epoch
+    two = _history(runs, "two")
     assert [h["epoch"] for h in two] == [0, 1]
-    assert [(h["workers"], h["nodes"]) for h in one] == [(1, 1)] * 2
     assert [(h["workers"], h["nodes"]) for h in two] == [(2, 2)] * 2
-    assert two[-1]["step"] == one[-1]["step"]  # each worker took the same number of steps on its shard
+    assert [h["step"] for h in two] == [4, 8]  # each worker took steps_per_epoch steps on its shard
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
@@ -88,14 +85,10 @@ def _options(checkpoint: str, out: Path, **kw) -> BatchOptions:
 
 
 @pytest.fixture(scope="module")
-def generator(nodes, demo_data, tmp_path_factory) -> str:
-    """A tiny trained generator, its file on the shared file system (every node here sees it)."""
-    runs = tmp_path_factory.mktemp("gen")
-    result = run_training(_settings(demo_data, num_workers=1, epochs=1, eval_photos=0), "g", str(runs),
-                          echo=lambda line: None)
-    with result.checkpoint.as_directory() as d:
-        write_uri(str(runs / "g.pt"), (Path(d) / GENERATOR_FILE).read_bytes())
-    return str(runs / "g.pt")
+def generator(nodes, cyclegan_ckpt) -> str:
+    """A tiny generator (untrained: only its outputs' sameness is compared), its file on the shared file system
+    (every node here sees it)."""
+    return cyclegan_ckpt
 
 
 class SlowActor(GeneratorActor):

@@ -242,26 +242,22 @@ def test_sigterm_or_ctrl_c_stops_a_local_job_in_seconds_with_one_line_and_the_re
                                       "skipped_existing": len(written), "rejected": 0}
 
 
-def test_a_damaged_latest_checkpoint_is_skipped_and_none_intact_fails_at_once(ray_cluster, demo_data, tmp_path,
-                                                                              capsys):
+def test_a_damaged_latest_checkpoint_is_skipped_and_none_intact_fails_at_once(finished_run, tmp_path, capsys):
     from jobs import train as train_job
-    base = ["--model", "cyclegan", "--data", str(demo_data), "--image-size", "32", "--ngf", "8", "--ndf", "8",
-            "--n-blocks", "1", "--batch-size", "4", "--eval-photos", "0", "--storage", str(tmp_path / "runs"),
-            "--name", "d"]
-    assert train_job.main([*base, "--epochs", "2"]) == 0
-    run = tmp_path / "runs" / "d"
+    args = finished_run.copy_to(tmp_path / "runs")  # 3 epochs done: checkpoints of epochs 0, 1 and 2
+    run = tmp_path / "runs" / finished_run.folder.name
     latest = sorted(run.glob("checkpoint_epoch_*"))[-1]
     state = latest / STATE_FILE
     state.write_bytes(state.read_bytes()[:1000])  # truncated
     capsys.readouterr()
-    assert train_job.main([*base, "--epochs", "3"]) == 0
+    assert train_job.main([*args, "--epochs", "4"]) == 0
     out = capsys.readouterr().out
     assert f"skipped a damaged checkpoint: {latest}/{STATE_FILE}" in out
     history = json.loads((sorted(run.glob("checkpoint_epoch_*"))[-1] / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [0, 1, 2]  # continued from the first epoch's checkpoint
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]  # continued from epoch 1's checkpoint: epoch 2 again
     for folder in run.glob("checkpoint_epoch_*"):
         (folder / STATE_FILE).write_bytes(b"garbage")
-    code = run_main(train_job.main, [*base, "--epochs", "4"])
+    code = run_main(train_job.main, [*args, "--epochs", "5"])
     err = _ours(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "no intact run checkpoint to continue from" in err[0]
 

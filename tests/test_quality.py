@@ -1,7 +1,7 @@
-"""Quality measured during training: the score each K epochs, the best epoch exported, the quality report,
-and the recipe's model variants (resize-convolution, EMA) through checkpoints, stylize and Serve."""
+"""Quality measured during training: the best epoch kept and the score curve (a trained run's scores every K
+epochs and its exported best are tested on tests/test_train.py's run), and the recipe's model variants
+(resize-convolution, EMA) through checkpoints, stylize and Serve."""
 import io
-import json
 
 import pytest
 import torch
@@ -11,12 +11,8 @@ from gan.batch.engine import BatchOptions
 from gan.batch.stylize import stylize
 from gan.checkpoint import from_bytes
 from gan.io.storage import open_storage
-from gan.train.run_checkpoint import BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE, HISTORY_FILE
 from gan.train.quality import SCORE, Best, curve_png
 from jobs import train as train_job
-
-TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "4",
-        "--eval-features", "pixels", "--eval-photos", "8"]
 
 
 def test_the_best_epoch_is_kept_not_the_last():
@@ -32,28 +28,6 @@ def test_the_score_curve_is_a_picture_of_the_scored_epochs():
     img = Image.open(io.BytesIO(curve_png(history)))
     assert img.size == (640, 360)
     assert len(set(img.getdata())) > 3  # axes, the line, the best point
-
-
-def test_scored_every_k_epochs_and_the_best_epoch_is_exported(ray_cluster, demo_data, tmp_path):
-    base = ["--data", str(demo_data), *TINY, "--eval-every", "2", "--storage", str(tmp_path / "runs"),
-            "--name", "q", "--export", str(tmp_path / "g.pt")]
-    assert train_job.main([*base, "--epochs", "3"]) == 0
-    last = sorted((tmp_path / "runs" / "q").glob("checkpoint_epoch_*"))[-1]
-    history = json.loads((last / HISTORY_FILE).read_text())
-    assert [SCORE in h for h in history] == [False, True, True]  # epoch 2 of 3 (K = 2) and the last
-    scored = [h for h in history if SCORE in h]
-    assert all(h["eval_images"] == 8 and h["eval_features"] == "pixels" and h["fid"] > 0 for h in scored)
-    best_epoch = min(scored, key=lambda h: h[SCORE])["epoch"]
-    assert history[-1]["best_epoch"] == best_epoch
-    exported = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt")
-    assert exported.epoch == best_epoch and (tmp_path / "g.pt").read_bytes() == (last / BEST_FILE).read_bytes()
-    for name in (BEST_SAMPLES_FILE, CURVE_FILE):
-        assert Image.open(last / name).format == "PNG"
-    # resumed with more epochs: the earlier scores and the best so far carry over
-    assert train_job.main([*base, "--epochs", "4"]) == 0
-    resumed = json.loads((sorted((tmp_path / "runs" / "q").glob("checkpoint_epoch_*"))[-1] / HISTORY_FILE).read_text())
-    assert resumed[:3] == history and SCORE in resumed[3]
-    assert resumed[3]["best_" + SCORE] == min(h[SCORE] for h in resumed if SCORE in h)
 
 
 def test_resize_conv_and_ema_generators_load_in_stylize_and_serve(ray_cluster, demo_data, tmp_path):

@@ -1,4 +1,5 @@
-"""The Ray Train job: 2 CPU workers, tiny models, local and S3 storage, resume, a worker killed mid-epoch."""
+"""The Ray Train job: 2 CPU workers, tiny models, local and S3 storage, the score every K epochs and the best
+epoch exported, resume, a worker killed mid-epoch."""
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,9 @@ from gan.checkpoint import from_bytes
 from gan.train.data import DataError
 from gan.models.cyclegan import CycleGANConfig, CycleGANTrainer
 from gan.train.driver import run_training
-from gan.train.run_checkpoint import GENERATOR_FILE, HISTORY_FILE, SAMPLES_FILE, STATE_FILE, load_state
+from gan.train.quality import SCORE
+from gan.train.run_checkpoint import (BEST_FILE, BEST_SAMPLES_FILE, CURVE_FILE, GENERATOR_FILE, HISTORY_FILE,
+                                      SAMPLES_FILE, STATE_FILE, load_state)
 from jobs import train as train_job
 
 TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--batch-size", "2",
@@ -30,28 +33,39 @@ def history(ckpt: Path) -> list[dict]:
     return json.loads((ckpt / HISTORY_FILE).read_text())
 
 
-def test_cyclegan_two_workers_local_then_rerun_resumes(ray_cluster, demo_data, tmp_path):
-    base = ["--model", "cyclegan", "--data", str(demo_data), *TINY, "--storage", str(tmp_path / "runs"),
-            "--name", "cg", "--export", str(tmp_path / "g.pt")]
-    assert run([*base, "--epochs", "2"]) == 0
-    ckpts = checkpoints(tmp_path / "runs" / "cg")
-    assert [c.name for c in ckpts] == ["checkpoint_epoch_00000", "checkpoint_epoch_00001"]
+def test_cyclegan_two_workers_scored_every_k_epochs_export_the_best_and_a_rerun_resumes(finished_run, tmp_path):
+    """The shared finished run (`finished_run`: 3 epochs on two workers, scored every 2 epochs and at the last) as
+    it was left, then the same command with one more epoch, on a copy: it continues, it does not start again."""
+    ckpts = checkpoints(finished_run.folder)
+    assert [c.name for c in ckpts] == [f"checkpoint_epoch_{e:05d}" for e in range(3)]
     for c in ckpts:
         grid = Image.open(c / SAMPLES_FILE)
         assert grid.size[1] > 2 * 32 and grid.size[0] > 4 * 32  # 2 rows of 4: photos over their stylized versions
     first = history(ckpts[-1])
-    assert [h["epoch"] for h in first] == [0, 1]
+    assert [h["epoch"] for h in first] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss_g"])) and h["images_per_s"] > 0 for h in first)
-    g = from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt", expect_kind="cyclegan")
-    assert g.epoch == first[-1]["best_epoch"] and g.image_size == 32
+    assert [SCORE in h for h in first] == [False, True, True]  # epoch 2 of 3 (K = 2) and the last
+    scored = [h for h in first if SCORE in h]
+    assert all(h["eval_images"] == 8 and h["eval_features"] == "pixels" and h["fid"] > 0 for h in scored)
+    best_epoch = min(scored, key=lambda h: h[SCORE])["epoch"]
+    assert first[-1]["best_epoch"] == best_epoch
+    epochs = [line for line in finished_run.lines if line.startswith("train: epoch ")]
+    assert [line.split()[2] for line in epochs] == ["1/3", "2/3", "3/3"] and all("checkpoint saved" in line
+                                                                                for line in epochs)
+    g = from_bytes(finished_run.export.read_bytes(), "g.pt", expect_kind="cyclegan")
+    assert g.epoch == best_epoch and g.image_size == 32
+    assert finished_run.export.read_bytes() == (ckpts[-1] / BEST_FILE).read_bytes()  # the best, not the last
+    for name in (BEST_SAMPLES_FILE, CURVE_FILE):
+        assert Image.open(ckpts[-1] / name).format == "PNG"
 
-    # the same command with more epochs continues: epochs 0-1 are not trained again
-    assert run([*base, "--epochs", "3"]) == 0
+    # the same command with more epochs continues: epochs 0-2 are not trained again, their scores carry over
+    args = finished_run.copy_to(tmp_path / "runs")
+    assert run([*args, "--epochs", "4", "--export", str(tmp_path / "g.pt")]) == 0
     resumed = history(checkpoints(tmp_path / "runs" / "cg")[-1])
-    assert [h["epoch"] for h in resumed] == [0, 1, 2]
-    assert resumed[:2] == first  # carried over, not retrained
-    final = history(checkpoints(tmp_path / "runs" / "cg")[-1])[-1]
-    assert from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt").epoch == final["best_epoch"]  # the best, exported
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3]
+    assert resumed[:3] == first  # carried over, not retrained
+    assert SCORE in resumed[3] and resumed[3]["best_" + SCORE] == min(h[SCORE] for h in resumed if SCORE in h)
+    assert from_bytes((tmp_path / "g.pt").read_bytes(), "g.pt").epoch == resumed[-1]["best_epoch"]  # the best
 
 
 def test_two_workers_train_the_weights_of_one_worker_with_the_same_global_batch(ray_cluster, demo_data, tmp_path):
