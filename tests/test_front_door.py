@@ -116,37 +116,41 @@ def _settings(demo_data: Path, **kw) -> TrainSettings:
     return TrainSettings(photos=str(demo_data / "photo_jpg"), paintings=str(demo_data / "monet_jpg"), **values)
 
 
+def _setup_log(log: str, then=None):
+    """A training hook that adds each worker's rank to the file `log` as the worker sets up (one line per worker
+    and attempt), then calls `then(rank)`."""
+    def hook(event: str, rank: int, epoch: int) -> None:
+        if event == "setup":
+            with open(log, "a") as f:
+                f.write(f"{rank}\n")
+            if then:
+                then(rank)
+    return hook
+
+
 def test_a_data_error_in_the_workers_spends_exactly_one_attempt(ray_cluster, demo_data, tmp_path):
     """Rank 0 meets bad data, rank 1 a package missing on its machine: neither a retry can fix."""
     log = str(tmp_path / "setups.log")
 
-    def bad_data(event: str, rank: int, epoch: int) -> None:
-        if event == "setup":
-            with open(log, "a") as f:
-                f.write(f"{rank}\n")
-            if rank == 1:
-                raise ModuleNotFoundError("No module named 'torchmetrics' (simulated)")
-            raise DataError("photos/x.jpg: corrupt image (simulated)")
+    def bad_data(rank: int) -> None:
+        if rank == 1:
+            raise ModuleNotFoundError("No module named 'torchmetrics' (simulated)")
+        raise DataError("photos/x.jpg: corrupt image (simulated)")
 
     with pytest.raises(TrainingError, match=r"^photos/x.jpg: corrupt image \(simulated\)$"):
-        run_training(_settings(demo_data, epochs=1), "bad", str(tmp_path / "runs"), hook=bad_data,
+        run_training(_settings(demo_data, epochs=1), "bad", str(tmp_path / "runs"), hook=_setup_log(log, bad_data),
                      echo=lambda line: None)
     assert sorted(Path(log).read_text().split()) == ["0", "1"]  # both workers, once: no retry
 
 
 def test_resuming_with_a_checkpoint_of_another_kind_fails_at_once(finished_run, demo_data, tmp_path):
     log = str(tmp_path / "setups.log")
-
-    def count(event: str, rank: int, epoch: int) -> None:
-        if event == "setup":
-            with open(log, "a") as f:
-                f.write(f"{rank}\n")
-
     finished_run.copy_to(tmp_path / "runs")  # a CycleGAN run, under the name the DCGAN run is given
     dcgan = _settings(demo_data, model="dcgan", epochs=2, num_workers=1,
                       model_config={"image_size": 64, "ngf": 8, "ndf": 8})
     with pytest.raises(TrainingError, match="is a cyclegan run; this run trains dcgan"):
-        run_training(dcgan, finished_run.folder.name, str(tmp_path / "runs"), hook=count, echo=lambda line: None)
+        run_training(dcgan, finished_run.folder.name, str(tmp_path / "runs"), hook=_setup_log(log),
+                     echo=lambda line: None)
     assert Path(log).read_text().split() == ["0"]  # one attempt
 
 
