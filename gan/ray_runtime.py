@@ -2,7 +2,9 @@
 
 Only RAY_ADDRESS joins a cluster: a plain `ray.init()` would also join whatever `/tmp/ray/ray_current_cluster`
 names (the last `ray start` on this machine, perhaps long dead or another user's), and fail there with
-"num_cpus must not be provided". A Ray started with `ray start` here is joined with `RAY_ADDRESS=auto`.
+"num_cpus must not be provided". A Ray started with `ray start` here is joined with `RAY_ADDRESS=auto`. The
+processes of a Ray started here are told where its own dashboard (the State API) is, so they do not follow that
+file either.
 
 By default the user's terminal shows our own lines only: Ray's logs, its actors' and workers' output
 (controller chatter, placement-group cleaners, token notices) and Ray Data's progress bars stay in Ray's
