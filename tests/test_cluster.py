@@ -75,6 +75,69 @@ def test_training_with_two_workers_on_two_nodes(nodes, demo_data, tmp_path):
     assert [h["step"] for h in two] == [4, 8]  # each worker took steps_per_epoch steps on its shard
 
 
+def test_a_node_lost_mid_training_continues_on_the_rest(nodes, demo_data, tmp_path, monkeypatch):
+    """Elastic training (1 to 2 workers): when a worker's node goes mid-epoch, Ray Train restarts from the last
+    checkpoint with the one worker it can still place, instead of waiting for the lost node's slot; the run ends
+    with every epoch once. A fixed size of 2 would wait for a second slot that does not come back."""
+    cluster, workers = nodes
+    # Right after the loss, Ray's resource view can still show the lost slot: Ray Train then asks for 2 workers
+    # and waits out its worker-group start timeout (60 s) before it retries with the 1 it can place. A shorter
+    # timeout (Ray Train passes it from the driver to its controller) keeps that wait from dominating the test: it
+    # bounds only the wait for the workers' placement group (ready at once while the slots are free), and one that
+    # runs out is retried by the controller without spending a --max-failures attempt (seen: two 4 s waits).
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "4")
+    _wait_free_slots(2)
+    runs, marker = tmp_path / "runs", tmp_path / "lost-node"
+
+    def lose_my_node(event: str, rank: int, epoch: int) -> None:
+        if event == "mid_epoch" and epoch == 1 and rank == 1 and not marker.exists():
+            import ray
+            time.sleep(5)  # Ray Train's controller polls the workers: let it take epoch 1's checkpoint first
+            marker.write_text(ray.get_runtime_context().get_node_id())
+            time.sleep(300)  # the test removes this worker's node while it is here
+
+    # until Ray marks the removed node dead, a restart may still try it: allow a few attempts (seen on a loaded CI
+    # machine: 3 attempts spent on the dying node)
+    settings = _settings(demo_data, num_workers=2, min_workers=1, epochs=3, max_failures=5)
+    # An elastic run starts with as many workers as Ray Data's autoscaling coordinator counts slots for, and it
+    # looks at the nodes every 20 s: right after a node came or went (the stylize node-loss test) it can count 1,
+    # so this test runs before that one. Should a run still start with 1 worker, there is no node to lose: retry.
+    for attempt in range(3):
+        name = f"elastic{attempt}"
+        lines: list[str] = []
+        done: dict = {}
+
+        def train() -> None:
+            try:
+                done["r"] = run_training(settings, name, str(runs), hook=lose_my_node, echo=lines.append)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                done["error"] = e
+
+        job = threading.Thread(target=train)
+        job.start()
+        deadline = time.monotonic() + 300
+        while not marker.exists() and job.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if marker.exists():
+            break
+        job.join(timeout=60)
+        _wait_free_slots(2)
+    assert marker.exists(), f"no second worker reached epoch 2 in 3 runs: {lines}"
+    node = next(w for w in workers if w.node_id == marker.read_text())
+    workers.remove(node)
+    cluster.remove_node(node)
+    job.join(timeout=400)
+    assert not job.is_alive(), "training did not finish after the node was removed"
+    assert "r" in done, f"training failed after the node was removed: {done.get('error')!r}"
+    history = _history(runs, name)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [(h["workers"], h["nodes"]) for h in history] == [(2, 2), (1, 1), (1, 1)], (history, lines)
+    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]  # each epoch printed once
+    workers.append(cluster.add_node(num_cpus=2, resources=dict(SLOT)))  # back to two worker nodes
+    cluster.wait_for_nodes()
+    _wait_free_slots(2)
+
+
 def _outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.glob("*.jpg")}
 
@@ -144,62 +207,3 @@ def _wait_free_slots(n: int, timeout: float = 60) -> None:
     while ray.available_resources().get("slot", 0) < n and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("slot", 0) == n, ray.available_resources()
-
-
-def test_a_node_lost_mid_training_continues_on_the_rest(nodes, demo_data, tmp_path, monkeypatch):
-    """Elastic training (1 to 2 workers): when a worker's node goes mid-epoch, Ray Train restarts from the last
-    checkpoint with the one worker it can still place, instead of waiting for the lost node's slot; the run ends
-    with every epoch once. A fixed size of 2 would wait for a second slot that does not come back."""
-    cluster, workers = nodes
-    # Right after the loss, Ray's resource view can still show the lost slot: Ray Train then asks for 2 workers
-    # and waits out its worker-group start timeout (60 s) before it retries with the 1 it can place. A shorter
-    # timeout (Ray Train passes it from the driver to its controller) keeps that wait from dominating the test: it
-    # bounds only the wait for the workers' placement group (ready at once while the slots are free), and one that
-    # runs out is retried by the controller without spending a --max-failures attempt (seen: two 4 s waits).
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "4")
-    _wait_free_slots(2)
-    runs, marker = tmp_path / "runs", tmp_path / "lost-node"
-
-    def lose_my_node(event: str, rank: int, epoch: int) -> None:
-        if event == "mid_epoch" and epoch == 1 and rank == 1 and not marker.exists():
-            import ray
-            time.sleep(5)  # Ray Train's controller polls the workers: let it take epoch 1's checkpoint first
-            marker.write_text(ray.get_runtime_context().get_node_id())
-            time.sleep(300)  # the test removes this worker's node while it is here
-
-    # until Ray marks the removed node dead, a restart may still try it: allow a few attempts (seen on a loaded CI
-    # machine: 3 attempts spent on the dying node)
-    settings = _settings(demo_data, num_workers=2, min_workers=1, epochs=3, max_failures=5)
-    for attempt in range(3):  # an elastic run starts with the workers whose resources are ready at that moment;
-        name = f"elastic{attempt}"  # on a loaded machine that is sometimes 1: then there is no node to lose, retry
-        lines: list[str] = []
-        done: dict = {}
-
-        def train() -> None:
-            try:
-                done["r"] = run_training(settings, name, str(runs), hook=lose_my_node, echo=lines.append)
-            except Exception as e:  # noqa: BLE001 - reported by the assertion below
-                done["error"] = e
-
-        job = threading.Thread(target=train)
-        job.start()
-        deadline = time.monotonic() + 300
-        while not marker.exists() and job.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if marker.exists():
-            break
-        job.join(timeout=60)
-        _wait_free_slots(2)
-    assert marker.exists(), f"no second worker reached epoch 2 in 3 runs: {lines}"
-    node = next(w for w in workers if w.node_id == marker.read_text())
-    workers.remove(node)
-    cluster.remove_node(node)
-    job.join(timeout=400)
-    assert not job.is_alive(), "training did not finish after the node was removed"
-    assert "r" in done, f"training failed after the node was removed: {done.get('error')!r}"
-    history = _history(runs, name)
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert [(h["workers"], h["nodes"]) for h in history] == [(2, 2), (1, 1), (1, 1)], (history, lines)
-    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]  # each epoch printed once
-    workers.append(cluster.add_node(num_cpus=2, resources=dict(SLOT)))
-    cluster.wait_for_nodes()

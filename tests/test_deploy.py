@@ -110,15 +110,16 @@ def test_ray_job_submit_runs_the_pipeline(pipeline_run):
 
 
 def test_ray_job_stop_leaves_no_partial_outputs(head, pipeline_run, tmp_path):
-    """A stylize job stopped half-way leaves only whole JPEGs (temp files at most); rerun, it finishes the rest."""
+    """A stylize job stopped half-way leaves only whole JPEGs (temp files at most); rerun (with more actors and
+    larger batches, which do not change the job), it finishes the rest."""
     address, env = head
     write_demo_data(tmp_path / "many", photos=300, paintings=1, seed=3)
     out = tmp_path / "out"
     cmd = ["python", "-m", "jobs.stylize", "--checkpoint", str(pipeline_run / "generator.pt"),
-           "--input", str(tmp_path / "many" / "photo_jpg"), "--output", str(out), "--batch-size", "1",
-           "--actors", "1", "--cpus-per-actor", "1", "--no-progress"]
+           "--input", str(tmp_path / "many" / "photo_jpg"), "--output", str(out), "--cpus-per-actor", "1",
+           "--no-progress"]
     sub = _cli(env, "ray", "job", "submit", "--address", address, "--submission-id", "stylize-1", "--no-wait",
-               "--working-dir", ".", "--", *cmd)
+               "--working-dir", ".", "--", *cmd, "--batch-size", "1", "--actors", "1")
     assert sub.returncode == 0, sub.stderr[-2000:]
     deadline = time.monotonic() + 300
     while len(list(out.glob("*.jpg"))) < 5 and time.monotonic() < deadline:
@@ -137,7 +138,7 @@ def test_ray_job_stop_leaves_no_partial_outputs(head, pipeline_run, tmp_path):
     assert all(".tmp" in name for name in leftovers), leftovers  # atomic writes: at most temp files remain
 
     again = _cli(env, "ray", "job", "submit", "--address", address, "--submission-id", "stylize-2",
-                 "--working-dir", ".", "--", *cmd)
+                 "--working-dir", ".", "--", *cmd, "--batch-size", "8", "--actors", "2")
     assert again.returncode == 0, again.stderr[-2000:]
     assert _status(env, address, "stylize-2") == "SUCCEEDED"
     assert f"{300 - len(jpgs)} new, {len(jpgs)} already done" in again.stdout
