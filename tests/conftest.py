@@ -148,7 +148,6 @@ class FinishedRun:
     """A finished tiny training run; tests that continue or damage it work on a copy (`copy_to`)."""
     folder: Path          # the run's folder: checkpoint_epoch_* and Ray Train's snapshot of them
     args: list[str]       # its settings' flags (the command less --epochs, --storage, --name and --export)
-    epochs: int
     export: Path          # what --export wrote: the best epoch's generator
     lines: list[str]      # what the command printed
 
@@ -174,4 +173,4 @@ def finished_run(ray_cluster, demo_data, tmp_path_factory) -> FinishedRun:
         code = train_job.main([*args, "--epochs", "3", "--storage", str(root / "runs"), "--name", "cg",
                                "--export", str(root / "g.pt")])
     assert code == 0, printed.getvalue()[-2000:]
-    return FinishedRun(root / "runs" / "cg", args, 3, root / "g.pt", printed.getvalue().splitlines())
+    return FinishedRun(root / "runs" / "cg", args, root / "g.pt", printed.getvalue().splitlines())

@@ -132,6 +132,7 @@ def test_a_node_lost_mid_training_continues_on_the_rest(nodes, demo_data, tmp_pa
     history = _history(runs, name)
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert [(h["workers"], h["nodes"]) for h in history] == [(2, 2), (1, 1), (1, 1)], (history, lines)
+    assert len({tuple(sorted(h)) for h in history}) == 1  # the same record on two workers as on one
     assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]  # each epoch printed once
     workers.append(cluster.add_node(num_cpus=2, resources=dict(SLOT)))  # back to two worker nodes
     cluster.wait_for_nodes()
