@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 
 def start_moto_server(bucket: str):
@@ -11,9 +10,8 @@ def start_moto_server(bucket: str):
     for the bench's child processes."""
     import boto3
     from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from gan.ray_runtime import free_port
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -25,12 +24,7 @@ import torch  # noqa: E402
 from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
 from gan.models.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
 from gan.io.images import decode_image, encode_jpeg, to_tensor  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gan.ray_runtime import free_port  # noqa: E402
 
 
 def bare(net, photo: bytes, batch: int, reps: int = 10) -> tuple[float, float]:

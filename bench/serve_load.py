@@ -15,7 +15,6 @@ import argparse
 import concurrent.futures as cf
 import io
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -32,13 +31,8 @@ from PIL import Image  # noqa: E402
 
 from gan.checkpoint import generator_checkpoint, to_bytes  # noqa: E402
 from gan.io.images import encode_jpeg  # noqa: E402
+from gan.ray_runtime import free_port  # noqa: E402
 from gan.models.cyclegan import CycleGANConfig, ResnetGenerator  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def uploads(rng: np.random.Generator) -> list[bytes]:

@@ -67,8 +67,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # at the cluster that the last `ray start`'s address file names: one a killed head left behind names a dead
         # cluster, and every training run waited 10 s on it while the cleaner never cleaned. The processes this Ray
         # starts inherit the environment as ray.init finds it, so they are told where its dashboard will be.
-        port = _free_port()
-        with _environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+        port = free_port()
+        with environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
             ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=DASHBOARD,
                      dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
         global _embedded_gcs
@@ -82,7 +82,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _environ(**values: str):
+def environ(**values: str):
     """These environment variables while the block runs, the process's own after."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -96,7 +96,8 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (another process may still take it before it is bound again)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

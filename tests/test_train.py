@@ -61,7 +61,7 @@ def test_cyclegan_two_workers_scored_every_k_epochs_export_the_best_and_a_rerun_
     # the same command with more epochs continues: epochs 0-2 are not trained again, their scores carry over
     args = finished_run.copy_to(tmp_path / "runs")
     assert run([*args, "--epochs", "4", "--export", str(tmp_path / "g.pt")]) == 0
-    resumed = history(checkpoints(tmp_path / "runs" / "cg")[-1])
+    resumed = history(checkpoints(tmp_path / "runs" / finished_run.folder.name)[-1])
     assert [h["epoch"] for h in resumed] == [0, 1, 2, 3]
     assert resumed[:3] == first  # carried over, not retrained
     assert SCORE in resumed[3] and resumed[3]["best_" + SCORE] == min(h[SCORE] for h in resumed if SCORE in h)
