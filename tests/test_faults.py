@@ -339,6 +339,36 @@ def _registered(s3, bucket: str, run: str, checkpoint: str) -> bool:
     return checkpoint.encode() in body
 
 
+def test_a_checkpoint_upload_past_the_window_is_not_tried_again_by_ray_train(monkeypatch):
+    """Ray Train's `report` tries a checkpoint upload again (3 tries in all) when the error's text names a passing
+    AWS error, as an outage's does: the storage retry window must be spent once, not three times (60 s would have
+    been 3 minutes). Here the upload meets an unreachable S3, under Ray Train's own retry and tokens."""
+    import gan.io.storage as storage_module
+    from ray._common.retry import call_with_retry
+    from ray.train.v2._internal.constants import AWS_RETRYABLE_TOKENS
+    from gan.train.run_checkpoint import CheckpointNotSaved, persist
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 0.0)  # one try of ours per window
+    tries = []
+
+    class Unreachable:  # a Ray Train StorageContext whose S3 endpoint resets every connection
+        storage_filesystem = None
+
+        def build_checkpoint_path_from_name(self, name: str) -> str:
+            return f"bkt/runs/o/{name}"
+
+        def persist_current_checkpoint(self, checkpoint, name: str):
+            tries.append(name)
+            raise OSError(f"When uploading 'bkt/runs/o/{name}/state.pt': AWS Error NETWORK_CONNECTION during "
+                          "PutObject operation: curlCode: 56, Failure when receiving data from the peer")
+
+    with pytest.raises(CheckpointNotSaved) as caught:
+        call_with_retry(lambda: persist(Unreachable(), None, "checkpoint_epoch_00002"), "upload checkpoint",
+                        match=AWS_RETRYABLE_TOKENS, max_attempts=3)
+    assert tries == ["checkpoint_epoch_00002"]
+    assert isinstance(caught.value.fault, StorageUnavailableError)
+    assert str(caught.value.fault).startswith("S3 at AWS did not answer for 0 s (saving checkpoint_epoch_00002: ")
+
+
 def test_training_checkpoints_to_s3_ride_out_an_outage_and_past_the_window_stop_with_one_line(
         ray_cluster, demo_data, s3, bucket, s3_endpoint, tmp_path, monkeypatch):
     """Two workers train to S3 through a proxy. In epoch 2 the endpoint goes away and comes back once the run has

@@ -119,14 +119,34 @@ def _download_and_read(path: str, fs) -> RunCheckpoint:
         return read_checkpoint(Path(d), path)
 
 
+class CheckpointNotSaved(Exception):
+    """A reported checkpoint that could not be saved; `fault` is the StorageError the run stops with.
+
+    Ray Train's `report` tries its upload up to 3 times when the error's text names a passing AWS error (as an
+    outage's does): raised as itself, the storage retry window would be spent three times over. This text names
+    none, so the window is the window."""
+
+    def __init__(self, dir_name: str, fault: StorageError):
+        super().__init__(f"{dir_name} was not saved ({type(fault).__name__}; the run stops)")
+        self.fault = fault
+
+
 def upload_checkpoint(checkpoint, dir_name: str):
     """Ray Train's own upload of a reported checkpoint (its `checkpoint_upload_fn`), retried within the storage
     retry window while S3 does not answer; a full disk fails at once. The folder is registered only once whole."""
     import ray.train
-    storage = ray.train.get_context().get_storage()
+    return persist(ray.train.get_context().get_storage(), checkpoint, dir_name)
+
+
+def persist(storage, checkpoint, dir_name: str):
+    """`storage.persist_current_checkpoint` (a Ray Train StorageContext) within the storage retry window; a storage
+    fault raised as CheckpointNotSaved."""
     where = storage.build_checkpoint_path_from_name(dir_name)
-    return arrow_call(f"saving {dir_name}", lambda: storage.persist_current_checkpoint(checkpoint, dir_name), where,
-                      storage.storage_filesystem)
+    try:
+        return arrow_call(f"saving {dir_name}", lambda: storage.persist_current_checkpoint(checkpoint, dir_name),
+                          where, storage.storage_filesystem)
+    except StorageError as e:
+        raise CheckpointNotSaved(dir_name, e) from None
 
 
 def write_checkpoint(folder: Path, state: dict, generator: bytes, samples: bytes, history: list,

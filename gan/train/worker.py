@@ -19,7 +19,7 @@ from gan.io.storage import RETRY_WINDOW_S, StorageError, set_retry_window
 from gan.models.registry import get_model
 from gan.train.data import DeviceLoader, decoded_bytes, load_encoded_images, training_set, training_sources
 from gan.train.quality import SCORE, Best, InTrainingEval, curve_png
-from gan.train.run_checkpoint import newest_intact, upload_checkpoint, write_checkpoint
+from gan.train.run_checkpoint import CheckpointNotSaved, newest_intact, upload_checkpoint, write_checkpoint
 from gan.train.samples import sample_grid, sample_inputs
 from gan.train.settings import TrainSettings
 
@@ -214,8 +214,8 @@ def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: di
             _write_checkpoint(Path(tmp), settings, run, epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name,
                              checkpoint_upload_fn=upload_checkpoint)
-    except StorageError as e:
-        return _stop(e)
+    except CheckpointNotSaved as e:
+        return _stop(e.fault)
     return None
 
 
