@@ -24,6 +24,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that start Ray clusters of their own run first, before the shared one has started: after it, each
+    of their modules would stop it and start it again (`without_shared_ray`), ~5 s a module."""
+    items.sort(key=lambda item: "without_shared_ray" not in item.fixturenames)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint; code reaches it only through AWS_ENDPOINT_URL, like MinIO or R2."""

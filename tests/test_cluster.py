@@ -92,7 +92,11 @@ def test_a_node_lost_mid_training_continues_on_the_rest(nodes, demo_data, tmp_pa
     def lose_my_node(event: str, rank: int, epoch: int) -> None:
         if event == "mid_epoch" and epoch == 1 and rank == 1 and not marker.exists():
             import ray
-            time.sleep(5)  # Ray Train's controller polls the workers: let it take epoch 1's checkpoint first
+            import ray.train
+            # the node goes once Ray Train's controller has recorded epoch 1's checkpoint (it polls the workers)
+            snapshot = runs / ray.train.get_context().get_experiment_name() / "checkpoint_manager_snapshot.json"
+            while not (snapshot.exists() and "checkpoint_epoch_00000" in snapshot.read_text()):
+                time.sleep(0.05)
             marker.write_text(ray.get_runtime_context().get_node_id())
             time.sleep(300)  # the test removes this worker's node while it is here
 
