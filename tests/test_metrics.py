@@ -114,9 +114,19 @@ def test_evaluate_a_zip_and_write_report_and_contact_sheet(ray_cluster, demo_dat
     photos = sorted((demo_data / "photo_jpg").glob("*.jpg"))[:10]
     z = _zip(tmp_path / "images.zip", {p.name: p.read_bytes() for p in photos})  # "stylized" = the photos
     opts = EvalOptions(features="pixels", progress=False, batch_size=4)
-    report = evaluate(z, str(demo_data / "monet_jpg"), None, opts, photos=str(demo_data / "photo_jpg"))
+    monet, every_photo = str(demo_data / "monet_jpg"), str(demo_data / "photo_jpg")
+    report = evaluate(z, monet, every_photo, opts, photos=every_photo)  # memorization against the photos
     saved = json.loads((tmp_path / "images.zip.evaluation.json").read_text())
-    assert saved["counts"] == {"generated": 10, "real": 12, "train": 12, "rejected": 0}
+    assert saved["counts"] == {"generated": 10, "real": 12, "train": 24, "rejected": 0}
+    # the three sets share one pipeline (one feature actor): each image's features reached its own set
+    pixels = make_extractor("pixels")
+
+    def here(paths) -> np.ndarray:
+        return extract(pixels, np.stack([decode_image(p.read_bytes(), p.name, 256) for p in sorted(paths)]))
+    g, r, t = here(photos), here((demo_data / "monet_jpg").glob("*.jpg")), here((demo_data / "photo_jpg").glob("*"))
+    assert report["fid"] == pytest.approx(fid(g, r), rel=1e-6)
+    assert report["memorization_distance"] == pytest.approx(memorization_distance(g, t), abs=1e-9)
+    assert report["memorization_penalized"]  # its "generated" images are some of the photos
     assert saved["extractor"].startswith("pixels") and saved["is_inception"] is False
     assert saved["mifid"] == pytest.approx(report["mifid"]) and saved["fid"] > 0
     assert "stand-in" in summary_line(report)

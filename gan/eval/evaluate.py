@@ -5,6 +5,7 @@ folders are lenient and list unreadable files in the report.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from dataclasses import dataclass
@@ -56,35 +57,67 @@ class FeatureActor:
         return {"row": batch["row"], "features": feats, "error": batch["error"]}
 
 
-def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
-                ) -> tuple[list[str], np.ndarray, list[Rejected]]:
-    """(names, (N, D) features, rejected) of every image at `uri`, computed on the shared batch pipeline.
+class DecodeSets(DecodeStage):
+    """The decode stage of several image sets in one pipeline: the sets are planned one after another, so a row's
+    index says its set, whose storage and check (a submission zip's) decode it."""
 
-    `strict`: `uri` is a submission zip, so every member must be a 256x256 RGB JPEG and the count in range."""
-    items, rejected, storage = scan_uri(uri)
-    rows = [Row(i.name, n, item=i) for n, i in enumerate(items)]
+    def __init__(self, starts: list[int], stages: list[DecodeStage]):
+        super().__init__(None, IMAGE_SIZE)
+        self.starts, self.stages = starts, stages
+
+    def _decode(self, row: Row) -> np.ndarray:
+        return self.stages[bisect.bisect_right(self.starts, row.index) - 1]._decode(row)
+
+
+def features_of_sets(sets: dict[str, tuple[str, bool]], opts: EvalOptions
+                     ) -> dict[str, tuple[list[str], np.ndarray, list[Rejected]]]:
+    """{label: (names, (N, D) features, rejected)} of every image of each set {label: (uri, strict)}, all in one
+    run of the shared batch pipeline: one pool of feature actors, so the extractor loads once, not once a set.
+
+    `strict`: the set is a submission zip, so every member must be a 256x256 RGB JPEG and the count in range
+    (checked in the order of `sets`)."""
+    rows: list[Row] = []
+    starts, stages, rejected = [], [], {}
+    for label, (uri, strict) in sets.items():
+        items, rejected[label], storage = scan_uri(uri)  # every set is listed (and a bad one refused) first
+        starts.append(len(rows))
+        stages.append(DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None))
+        rows += [Row(i.name, starts[-1] + n, item=i) for n, i in enumerate(items)]
+    labels = list(sets)
     plan = actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu)
     results = run_pipeline(
         rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights}, plan, opts.batch_size,
-        decode=DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None),
-        label=f"features[{label}]", progress=opts.progress, decode_in_actor=plan.gpus == 0)
-    names, feats = [], []
+        decode=DecodeSets(starts, stages), label=f"features[{', '.join(labels)}]", progress=opts.progress,
+        decode_in_actor=plan.gpus == 0)
+    names: dict[str, list[str]] = {label: [] for label in labels}
+    feats: dict[str, list[np.ndarray]] = {label: [] for label in labels}
     for batch in results:
         for row, f, err in zip(batch["row"], batch["features"], batch["error"]):
+            label = labels[bisect.bisect_right(starts, row.index) - 1]
             if err:
-                rejected.append(Rejected(row.name, str(err)))
+                rejected[label].append(Rejected(row.name, str(err)))
             else:
-                names.append(row.name)
-                feats.append(f)
-    if strict and rejected:
-        first = "; ".join(r.reason for r in rejected[:3])
-        raise SubmissionError(f"{uri}: {len(rejected)} invalid images ({first})")
-    if strict:
-        check_count(len(names), uri, opts.min_images, opts.max_images)
-    if len(names) < 2:
-        raise ValueError(f"{uri}: need at least 2 readable images, found {len(names)}")
-    order = np.argsort(names)
-    return [names[i] for i in order], np.stack(feats)[order], sorted(rejected, key=lambda r: r.name)
+                names[label].append(row.name)
+                feats[label].append(f)
+    found = {}
+    for label, (uri, strict) in sets.items():
+        if strict and rejected[label]:
+            first = "; ".join(r.reason for r in rejected[label][:3])
+            raise SubmissionError(f"{uri}: {len(rejected[label])} invalid images ({first})")
+        if strict:
+            check_count(len(names[label]), uri, opts.min_images, opts.max_images)
+        if len(names[label]) < 2:
+            raise ValueError(f"{uri}: need at least 2 readable images, found {len(names[label])}")
+        order = np.argsort(names[label])
+        found[label] = ([names[label][i] for i in order], np.stack(feats[label])[order],
+                        sorted(rejected[label], key=lambda r: r.name))
+    return found
+
+
+def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
+                ) -> tuple[list[str], np.ndarray, list[Rejected]]:
+    """(names, (N, D) features, rejected) of every image at `uri` (`features_of_sets` of one set)."""
+    return features_of_sets({label: (uri, strict)}, opts)[label]
 
 
 def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8) -> bytes:
@@ -126,11 +159,12 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
     storage, report_name, sheet_name = report_location(generated, report_uri)  # a bad place fails first
     require_metrics()  # missing packages and weights fail here, first, not after the features
     extractor = make_extractor(opts.features, opts.inception_weights).name
-    g_names, g_feats, g_rej = features_of(generated, opts, "generated", strict=is_zip(generated))
-    r_names, r_feats, r_rej = features_of(real, opts, "real")
-    t_names, t_feats = r_names, r_feats
+    sets = {"generated": (generated, is_zip(generated)), "real": (real, False)}
     if train and train != real:
-        t_names, t_feats, _ = features_of(train, opts, "train")
+        sets["train"] = (train, False)
+    found = features_of_sets(sets, opts)
+    (g_names, g_feats, g_rej), (r_names, r_feats, r_rej) = found["generated"], found["real"]
+    t_names, t_feats, _ = found.get("train", found["real"])
     scores = mifid(g_feats, r_feats, t_feats)
     report = {
         "generated": generated, "real": real, "train": train or real,
