@@ -157,15 +157,17 @@ def test_a_continued_run_follows_its_configured_lr():
 
 
 @pytest.mark.slow
-def test_an_interrupted_search_resumes(demo_data, tmp_path):
-    """The search is interrupted (Ctrl-C) while trials run; the same command again continues them, not from zero."""
+def test_an_interrupted_search_resumes(ray_cluster, demo_data, tmp_path):
+    """The search is interrupted (Ctrl-C) while trials run; the same command again continues them, not from zero.
+    Both runs join the session's Ray (RAY_ADDRESS, as on a cluster): the first's trials and their Train runs end with
+    its driver, as they would with a Ray of its own."""
     out = tmp_path / "runs"
     space = _space_file(tmp_path, base={**BASE, "epochs": 3},
                         space={"lr": {"choice": [0.0002, 0.0005]}, "ngf": {"choice": [8]}})
     cmd = [sys.executable, "-m", "jobs.tune", "--space", str(space), "--trials", "2", "--max-concurrent", "2",
            "--data", str(demo_data), "--storage", str(out), "--name", "r", "--scheduler", "asha",
            "--grace-epochs", "3"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.monotonic() + 300
