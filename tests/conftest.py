@@ -22,6 +22,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # Each Train run also starts an actor that watches for nodes being drained (a cloud's preemption notice); no test
 # drains a node, and on 2 cores its process costs every run ~1.5 s of CPU.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray's log monitor lists its logs folder every 0.1 s while it holds under 1,000 files, and the session's Ray starts
+# ~550 worker processes (3 files each): above the threshold it lists every 0.5 s (its CPU after 300 workers: 2.8% ->
+# 1.4% of a core, bench/ray_aging.py); workers' first lines may reach the driver up to 0.4 s later.
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "1")
 
 
 def pytest_collection_modifyitems(session, config, items):
