@@ -10,38 +10,31 @@ RAY_LOG_MONITOR_MANY_FILES_THRESHOLD=1 in the environment to see Ray's log monit
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.process_cpu import snapshot  # noqa: E402
 
 IDLE_S = 20
 
 
-def _cpu_ticks() -> dict[str, tuple[int, str]]:
-    """{pid: (user + system ticks, short command)} of every process."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline") as f:
-                cmd = " ".join(part.rsplit("/", 1)[-1] for part in f.read().split("\0")[:3])[:40]
-        except OSError:
-            continue
-        out[pid] = (int(stat[11]) + int(stat[12]), cmd)
-    return out
-
-
 def idle_cpu(label: str) -> None:
-    before = _cpu_ticks()
+    """All processes' CPU over IDLE_S seconds of idling, in total and for the four busiest."""
+    before = snapshot()
     time.sleep(IDLE_S)
-    after = _cpu_ticks()
-    hz = os.sysconf("SC_CLK_TCK")
-    rows = sorted(((t - before[p][0], cmd) for p, (t, cmd) in after.items() if p in before), reverse=True)
-    total = sum(d for d, _ in rows) / hz / IDLE_S
-    top = ", ".join(f"{cmd} {d / hz / IDLE_S:.1%}" for d, cmd in rows[:4])
+    after = snapshot()
+    rows = sorted(((cpu - before[key][1], title) for key, (title, cpu) in after.items() if key in before),
+                  reverse=True)
+    total = sum(d for d, _ in rows) / IDLE_S
+    top = ", ".join(f"{_short(title)} {d / IDLE_S:.1%}" for d, title in rows[:4])
     print(f"{label}: {total:.1%} of a core ({top})", flush=True)
+
+
+def _short(title: str) -> str:
+    """A process title without its paths: `python -u log_monitor.py`, `ray::DashboardAgent`."""
+    return " ".join(part.rsplit("/", 1)[-1] for part in title.split()[:3])[:40]
 
 
 def main() -> None:
