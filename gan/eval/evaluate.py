@@ -65,8 +65,12 @@ class DecodeSets(DecodeStage):
         super().__init__(None, IMAGE_SIZE)
         self.starts, self.stages = starts, stages
 
+    def set_of(self, row: Row) -> int:
+        """The position of the row's set (an empty set's start equals the next one's: the later set wins)."""
+        return bisect.bisect_right(self.starts, row.index) - 1
+
     def _decode(self, row: Row) -> np.ndarray:
-        return self.stages[bisect.bisect_right(self.starts, row.index) - 1]._decode(row)
+        return self.stages[self.set_of(row)]._decode(row)
 
 
 def features_of_sets(sets: dict[str, tuple[str, bool]], opts: EvalOptions
@@ -83,17 +87,17 @@ def features_of_sets(sets: dict[str, tuple[str, bool]], opts: EvalOptions
         starts.append(len(rows))
         stages.append(DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None))
         rows += [Row(i.name, starts[-1] + n, item=i) for n, i in enumerate(items)]
-    labels = list(sets)
+    labels, decode = list(sets), DecodeSets(starts, stages)
     plan = actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu)
     results = run_pipeline(
         rows, FeatureActor, {"kind": opts.features, "weights": opts.inception_weights}, plan, opts.batch_size,
-        decode=DecodeSets(starts, stages), label=f"features[{', '.join(labels)}]", progress=opts.progress,
+        decode=decode, label=f"features[{', '.join(labels)}]", progress=opts.progress,
         decode_in_actor=plan.gpus == 0)
     names: dict[str, list[str]] = {label: [] for label in labels}
     feats: dict[str, list[np.ndarray]] = {label: [] for label in labels}
     for batch in results:
         for row, f, err in zip(batch["row"], batch["features"], batch["error"]):
-            label = labels[bisect.bisect_right(starts, row.index) - 1]
+            label = labels[decode.set_of(row)]
             if err:
                 rejected[label].append(Rejected(row.name, str(err)))
             else:
