@@ -30,7 +30,7 @@ def _ckpt(path, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, tmp_path_factory):
+def app(ray_cluster, tmp_path_factory):
     from ray import serve
     from serve.app import GanServer
     d = tmp_path_factory.mktemp("serve")
@@ -47,8 +47,27 @@ def server(ray_cluster, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(GanServer.options(user_config=user_config).bind(), name="gan", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    yield {"url": url, "dir": d, "config": user_config}
+    yield {"url": url, "dir": d, "config": user_config, "deployed": user_config}
     serve.shutdown()
+
+
+@pytest.fixture
+def server(app):
+    """The app with its base settings (deployed again only where a test before this one changed them)."""
+    deploy(app)
+    return app
+
+
+def deploy(server, **changes) -> None:
+    """The app with these settings changed from the base ones, unless that is what runs. Each `serve.run` starts a
+    new replica (~4 s here: Serve gives an app deployed from Python a new code version every time), so the tests
+    that change settings come last in this module, take `app` as it is, and none changes them back."""
+    from ray import serve
+    from serve.app import GanServer
+    wanted = {**server["config"], **changes}
+    if wanted != server["deployed"]:
+        serve.run(GanServer.options(user_config=wanted).bind(), name="gan", route_prefix="/")
+        server["deployed"] = wanted
 
 
 def post(url: str, data: bytes, ctype: str = "image/jpeg", timeout: float = 60):
@@ -139,22 +158,6 @@ def test_concurrent_clients_all_succeed(server):
     assert codes == [200] * 160
 
 
-def test_requests_that_arrive_together_are_one_batch(server):
-    """A barrier, not a race: the batch waits up to 60 s, so it forms exactly when the 4th request arrives."""
-    from ray import serve
-    from serve.app import GanServer
-    serve.run(GanServer.options(user_config={**server["config"], "max_batch_size": 4, "batch_wait_timeout_s": 60})
-              .bind(), name="gan", route_prefix="/")
-    try:
-        before = _stats(server)["batch_sizes"].get("4", 0)
-        with cf.ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(lambda i: post(server["url"] + "/stylize", image_bytes(seed=i))[0], range(4)))
-        assert codes == [200] * 4
-        assert _stats(server)["batch_sizes"].get("4", 0) == before + 1
-    finally:
-        serve.run(GanServer.options(user_config=server["config"]).bind(), name="gan", route_prefix="/")
-
-
 def test_a_chunked_upload_over_the_limit_is_413(server):
     import http.client
     host, port = server["url"].removeprefix("http://").split(":")
@@ -188,157 +191,6 @@ def test_health_answers_while_a_large_upload_is_decoded(server):
         health_s = time.perf_counter() - t0
         assert upload.result()[0] == 200
     assert health_s < decode_s / 2, (health_s, decode_s)  # the decode ran off the event loop
-
-
-def test_new_checkpoint_rolls_out_without_dropping_requests(server):
-    from ray import serve
-    from serve.app import GanServer
-    photo = image_bytes(seed=9)
-    before = post(server["url"] + "/stylize", photo)[2]
-    new_config = {**server["config"], "checkpoint": _ckpt(server["dir"] / "g2.pt", 2)}
-    codes, stop = [], time.monotonic() + 60
-
-    def hammer():
-        while time.monotonic() < stop and len(codes) < 400:
-            codes.append(post(server["url"] + "/stylize", photo)[0])
-            if getattr(hammer, "done", False):
-                break
-
-    with cf.ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(hammer) for _ in range(2)]
-        serve.run(GanServer.options(user_config=new_config).bind(), name="gan", route_prefix="/")
-        hammer.done = True
-        for f in futures:
-            f.result()
-    assert codes and set(codes) == {200}
-    after = post(server["url"] + "/stylize", photo)[2]
-    assert after != before  # the new generator answers now
-
-
-class HeldUpload:
-    """A POST /stylize whose body arrives only in part until `finish()`: a slow client, held at a known point."""
-
-    def __init__(self, url: str, body: bytes):
-        import socket
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=60)
-        self.body = body
-        self.sock.sendall(f"POST /stylize HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
-                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:len(body) // 2])
-
-    def finish(self) -> tuple[int, dict, bytes]:
-        self.sock.sendall(self.body[len(self.body) // 2:])
-        return self.response()
-
-    def response(self) -> tuple[int, dict, bytes]:
-        data = b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        self.sock.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
-
-    def drop(self) -> None:
-        self.sock.close()
-
-
-def _wait_stats(server, condition, what: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = _stats(server)
-        if condition(stats):
-            return stats
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {stats}"
-        time.sleep(0.05)
-
-
-def _redeploy(server, **changes) -> None:
-    from ray import serve
-    from serve.app import GanServer
-    serve.run(GanServer.options(user_config={**server["config"], **changes}).bind(), name="gan", route_prefix="/")
-
-
-def test_past_its_limit_a_replica_answers_503_with_retry_after_at_once_and_serves_the_rest(server):
-    """max_batch_size 2 + max_queued_requests 1: a replica holds 3 requests. With 3 uploads held half-sent (the
-    replica admitted them: a known point, read from /stats), a 4th is refused at once, 503 JSON with Retry-After,
-    its body unread; the 3 then finish with 200, and the replica holds none after."""
-    _redeploy(server, max_batch_size=2, max_queued_requests=1, retry_after_s=7)
-    try:
-        photo = image_bytes(seed=11)
-        held = [HeldUpload(server["url"], photo) for _ in range(3)]
-        _wait_stats(server, lambda s: s["in_progress"] == 3, "3 requests inside the replica")
-        t0 = time.perf_counter()
-        request = urllib.request.Request(server["url"] + "/stylize", data=photo, method="POST",
-                                         headers={"Content-Type": "image/jpeg"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=60)
-        assert time.perf_counter() - t0 < 5
-        e = refused.value
-        assert e.code == 503 and e.headers["Retry-After"] == "7" and e.headers["Content-Type"] == "application/json"
-        assert "overloaded" in json.loads(e.read())["error"]
-        results = [h.finish() for h in held]
-        assert [code for code, _, _ in results] == [200, 200, 200] and all(is_256_jpeg(b) for _, _, b in results)
-        stats = _wait_stats(server, lambda s: s["in_progress"] == 0, "the replica to empty")
-        assert stats["refused"].get("503", 0) >= 1 and stats["peak_in_progress"] <= 3
-    finally:
-        _redeploy(server)
-
-
-def test_a_slow_or_vanished_client_is_freed_and_the_replica_keeps_serving(server):
-    _redeploy(server, upload_timeout_s=2)
-    try:
-        photo = image_bytes(seed=12)
-        slow = HeldUpload(server["url"], photo)  # sends half, then nothing: refused once the timeout passes
-        status, headers, body = slow.response()
-        assert status == 408 and headers["content-type"] == "application/json" and b"did not arrive" in body
-        gone = HeldUpload(server["url"], photo)
-        _wait_stats(server, lambda s: s["in_progress"] == 1, "the upload inside the replica")
-        gone.drop()  # the client goes away mid-upload
-        _wait_stats(server, lambda s: s["in_progress"] == 0, "the replica to free the vanished upload")
-        assert post(server["url"] + "/stylize", photo)[0] == 200
-    finally:
-        _redeploy(server)
-
-
-def test_a_damaged_generator_file_leaves_the_replica_up_answering_503_with_the_reason(server):
-    broken = server["dir"] / "broken.pt"
-    broken.write_bytes((server["dir"] / "g1.pt").read_bytes()[:4000])
-    _redeploy(server, checkpoint=str(broken))
-    try:
-        status, ctype, body = post(server["url"] + "/stylize", image_bytes())
-        assert status == 503 and ctype == "application/json"
-        error = json.loads(body)["error"]
-        assert "broken.pt: not a readable checkpoint" in error and "Traceback" not in error
-        assert post(server["url"] + "/generate?seed=1&count=1", b"", "application/octet-stream")[0] == 200
-    finally:
-        _redeploy(server)
-
-
-def test_config_file_is_valid_for_serve_deploy():
-    from ray.serve.schema import ServeDeploySchema
-    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
-    app = schema.applications[0]
-    assert app.import_path == "serve.app:app"
-    dep = app.deployments[0]
-    assert dep.autoscaling_config["max_replicas"] >= 1 and dep.max_ongoing_requests >= dep.user_config["max_batch_size"]
-    from serve.app import ServeConfig
-    assert ServeConfig(**dep.user_config).checkpoint == "demo/generator.pt"  # the one typed config reads it
-
-
-def test_one_typed_config_for_the_builder_and_reconfigure():
-    from pydantic import ValidationError
-
-    from serve.app import ServeConfig, build_app
-    with pytest.raises(ValidationError, match="max_batch_sise"):
-        ServeConfig(max_batch_sise=4)  # a misspelt key is refused, not ignored
-    with pytest.raises(ValidationError, match="greater than or equal to 1"):
-        ServeConfig(max_upload_bytes=0)
-    cfg = ServeConfig(checkpoint="g.pt", max_batch_size=4)
-    deployment = build_app(cfg)._bound_deployment
-    assert deployment._deployment_config.user_config == cfg.model_dump()  # what reconfigure() will be given
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -387,3 +239,149 @@ def test_browser_page_shows_nothing_broken_then_waits_then_the_painting_or_the_e
         assert page.evaluate(visible_images) == [] and not page.is_visible("#wait")
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
+
+
+def test_new_checkpoint_rolls_out_without_dropping_requests(server):
+    photo = image_bytes(seed=9)
+    before = post(server["url"] + "/stylize", photo)[2]
+    new_checkpoint = _ckpt(server["dir"] / "g2.pt", 2)
+    codes, stop = [], time.monotonic() + 60
+
+    def hammer():
+        while time.monotonic() < stop and len(codes) < 400:
+            codes.append(post(server["url"] + "/stylize", photo)[0])
+            if getattr(hammer, "done", False):
+                break
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(hammer) for _ in range(2)]
+        deploy(server, checkpoint=new_checkpoint)
+        hammer.done = True
+        for f in futures:
+            f.result()
+    assert codes and set(codes) == {200}
+    after = post(server["url"] + "/stylize", photo)[2]
+    assert after != before  # the new generator answers now
+
+
+class HeldUpload:
+    """A POST /stylize whose body arrives only in part until `finish()`: a slow client, held at a known point."""
+
+    def __init__(self, url: str, body: bytes):
+        import socket
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        self.body = body
+        self.sock.sendall(f"POST /stylize HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:len(body) // 2])
+
+    def finish(self) -> tuple[int, dict, bytes]:
+        self.sock.sendall(self.body[len(self.body) // 2:])
+        return self.response()
+
+    def response(self) -> tuple[int, dict, bytes]:
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+    def drop(self) -> None:
+        self.sock.close()
+
+
+def _wait_stats(server, condition, what: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = _stats(server)
+        if condition(stats):
+            return stats
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {stats}"
+        time.sleep(0.05)
+
+
+def test_requests_that_arrive_together_are_one_batch(app):
+    """A barrier, not a race: the batch waits up to 60 s, so it forms exactly when the 4th request arrives."""
+    deploy(app, max_batch_size=4, batch_wait_timeout_s=60)
+    before = _stats(app)["batch_sizes"].get("4", 0)
+    with cf.ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda i: post(app["url"] + "/stylize", image_bytes(seed=i))[0], range(4)))
+    assert codes == [200] * 4
+    assert _stats(app)["batch_sizes"].get("4", 0) == before + 1
+
+
+def test_past_its_limit_a_replica_answers_503_with_retry_after_at_once_and_serves_the_rest(app):
+    """max_batch_size 2 + max_queued_requests 1: a replica holds 3 requests. With 3 uploads held half-sent (the
+    replica admitted them: a known point, read from /stats), a 4th is refused at once, 503 JSON with Retry-After,
+    its body unread; the 3 then finish with 200, and the replica holds none after."""
+    deploy(app, max_batch_size=2, max_queued_requests=1, retry_after_s=7)
+    photo = image_bytes(seed=11)
+    held = [HeldUpload(app["url"], photo) for _ in range(3)]
+    _wait_stats(app, lambda s: s["in_progress"] == 3, "3 requests inside the replica")
+    t0 = time.perf_counter()
+    request = urllib.request.Request(app["url"] + "/stylize", data=photo, method="POST",
+                                     headers={"Content-Type": "image/jpeg"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert time.perf_counter() - t0 < 5
+    e = refused.value
+    assert e.code == 503 and e.headers["Retry-After"] == "7" and e.headers["Content-Type"] == "application/json"
+    assert "overloaded" in json.loads(e.read())["error"]
+    results = [h.finish() for h in held]
+    assert [code for code, _, _ in results] == [200, 200, 200] and all(is_256_jpeg(b) for _, _, b in results)
+    stats = _wait_stats(app, lambda s: s["in_progress"] == 0, "the replica to empty")
+    assert stats["refused"].get("503", 0) >= 1 and stats["peak_in_progress"] <= 3
+
+
+def test_a_slow_or_vanished_client_is_freed_and_the_replica_keeps_serving(app):
+    deploy(app, upload_timeout_s=2)
+    photo = image_bytes(seed=12)
+    slow = HeldUpload(app["url"], photo)  # sends half, then nothing: refused once the timeout passes
+    status, headers, body = slow.response()
+    assert status == 408 and headers["content-type"] == "application/json" and b"did not arrive" in body
+    gone = HeldUpload(app["url"], photo)
+    _wait_stats(app, lambda s: s["in_progress"] == 1, "the upload inside the replica")
+    gone.drop()  # the client goes away mid-upload
+    _wait_stats(app, lambda s: s["in_progress"] == 0, "the replica to free the vanished upload")
+    assert post(app["url"] + "/stylize", photo)[0] == 200
+
+
+def test_a_damaged_generator_file_leaves_the_replica_up_answering_503_with_the_reason(app):
+    broken = app["dir"] / "broken.pt"
+    broken.write_bytes((app["dir"] / "g1.pt").read_bytes()[:4000])
+    deploy(app, checkpoint=str(broken))
+    status, ctype, body = post(app["url"] + "/stylize", image_bytes())
+    assert status == 503 and ctype == "application/json"
+    error = json.loads(body)["error"]
+    assert "broken.pt: not a readable checkpoint" in error and "Traceback" not in error
+    assert post(app["url"] + "/generate?seed=1&count=1", b"", "application/octet-stream")[0] == 200
+
+
+def test_config_file_is_valid_for_serve_deploy():
+    from ray.serve.schema import ServeDeploySchema
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "serve.app:app"
+    dep = app.deployments[0]
+    assert dep.autoscaling_config["max_replicas"] >= 1 and dep.max_ongoing_requests >= dep.user_config["max_batch_size"]
+    from serve.app import ServeConfig
+    assert ServeConfig(**dep.user_config).checkpoint == "demo/generator.pt"  # the one typed config reads it
+
+
+def test_one_typed_config_for_the_builder_and_reconfigure():
+    from pydantic import ValidationError
+
+    from serve.app import ServeConfig, build_app
+    with pytest.raises(ValidationError, match="max_batch_sise"):
+        ServeConfig(max_batch_sise=4)  # a misspelt key is refused, not ignored
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        ServeConfig(max_upload_bytes=0)
+    cfg = ServeConfig(checkpoint="g.pt", max_batch_size=4)
+    deployment = build_app(cfg)._bound_deployment
+    assert deployment._deployment_config.user_config == cfg.model_dump()  # what reconfigure() will be given
+
+
