@@ -39,10 +39,13 @@ def dcgan_ckpt(tmp_path_factory) -> str:
     return str(path)
 
 
+PHOTOS = 120  # 30 batches of 4 for the killed driver, which dies at its 10th
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("photos")
-    write_demo_data(out, photos=200, paintings=0, seed=7)
+    write_demo_data(out, photos=PHOTOS, paintings=0, seed=7)
     return out / "photo_jpg"
 
 
@@ -139,7 +142,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_cluster, photos, cyc
     out = tmp_path / "out"
     result = stylize(str(photos), opts(cyclegan_ckpt, out, actor_cls=CrashOnce))
     assert os.path.exists(marker)  # the actor did die once
-    assert result.report["counts"]["outputs"] == 200 and len(list(out.glob("*.jpg"))) == 200
+    assert result.report["counts"]["outputs"] == PHOTOS and len(list(out.glob("*.jpg"))) == PHOTOS
 
 
 def _zip_contents(path: Path) -> dict[str, np.ndarray]:
@@ -158,7 +161,7 @@ class KillDriverAtBatch10(GeneratorActor):
 
     def __call__(self, batch):
         KillDriverAtBatch10.calls += 1
-        if KillDriverAtBatch10.calls == 10:  # a known point: 9 of 50 batches through the model, 41 not
+        if KillDriverAtBatch10.calls == 10:  # a known point: 9 of 30 batches through the model, 21 not
             os.killpg(int(os.environ["DRIVER_PGID"]), signal.SIGKILL)  # the driver and the Ray it started
         return super().__call__(batch)
 
@@ -174,7 +177,7 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_clus
     # the uninterrupted run, for comparison
     clean = tmp_path / "clean"
     stylize(str(photos), opts(cyclegan_ckpt, clean))
-    assemble(open_storage(str(clean)), str(tmp_path / "clean.zip"), min_images=200, max_images=200)
+    assemble(open_storage(str(clean)), str(tmp_path / "clean.zip"), min_images=PHOTOS, max_images=PHOTOS)
 
     out = tmp_path / "out"
     (tmp_path / "kill_driver.py").write_text(KILL_DRIVER)
@@ -185,12 +188,12 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_clus
                           stderr=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     partial = len(list(out.glob("*.jpg")))
-    assert partial < 200 and (out / MANIFEST).exists() and not (out / REPORT).exists()
+    assert partial < PHOTOS and (out / MANIFEST).exists() and not (out / REPORT).exists()
     result = stylize(str(photos), opts(cyclegan_ckpt, out))
     c = result.report["counts"]
-    assert c["skipped_existing"] == partial and c["written"] == 200 - partial and c["outputs"] == 200
-    assert len(list(out.glob("*.jpg"))) == 200 and not list(out.glob(".tmp-*"))  # the rerun removed stale temps
-    assemble(open_storage(str(out)), str(tmp_path / "resumed.zip"), min_images=200, max_images=200)
+    assert c["skipped_existing"] == partial and c["written"] == PHOTOS - partial and c["outputs"] == PHOTOS
+    assert len(list(out.glob("*.jpg"))) == PHOTOS and not list(out.glob(".tmp-*"))  # the rerun removed stale temps
+    assemble(open_storage(str(out)), str(tmp_path / "resumed.zip"), min_images=PHOTOS, max_images=PHOTOS)
     a, b = _zip_contents(tmp_path / "clean.zip"), _zip_contents(tmp_path / "resumed.zip")
     assert sorted(a) == sorted(b)
     # same model on each image: equal up to float rounding of a different batch/thread split, seen through JPEG
