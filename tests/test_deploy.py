@@ -229,4 +229,3 @@ def test_serve_deploy_and_a_rolling_checkpoint_update(head, pipeline_run, tmp_pa
     assert bodies[0] == before and bodies[-1] != before  # served the old checkpoint, then the new one
     switched = next(i for i, b in enumerate(bodies) if b != before)
     assert all(b == bodies[-1] for b in bodies[switched:])  # and never the old one again
-    _cli(env, "serve", "shutdown", "--address", address, "-y", timeout=120)
