@@ -63,14 +63,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        # Ray's own actors (Ray Train's placement-group cleaner) reach the State API at RAY_API_SERVER_ADDRESS, else
-        # at the cluster that the last `ray start`'s address file names: one a killed head left behind names a dead
-        # cluster, and every training run waited 10 s on it while the cleaner never cleaned. The processes this Ray
-        # starts inherit the environment as ray.init finds it, so they are told where its dashboard will be.
-        port = free_port()
-        with environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
-            ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=DASHBOARD,
-                     dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
+        start_local_ray(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, **quiet)
         global _embedded_gcs
         _embedded_gcs = ray.get_runtime_context().gcs_address
     if not _verbose:
@@ -79,6 +72,23 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         set_verbose(False)  # ray.init configures Ray's loggers again
     if term is not None:  # Ray's native crash handler took SIGTERM over (and aborts the process on it): give it back
         signal.signal(signal.SIGTERM, term)
+
+
+def start_local_ray(**init_args) -> None:
+    """`ray.init` of a new local Ray (with these arguments) whose own processes find its State API.
+
+    Ray's own actors (Ray Train's placement-group cleaner) reach the State API at RAY_API_SERVER_ADDRESS, else at
+    the one Ray they find on the machine: beside another live Ray the cleaner's thread dies ("Found multiple
+    active Ray instances") and the reserved CPUs of a run whose driver was killed (a search trial stopped early)
+    are never freed; beside the address file of a killed `ray start` head it tried the dead cluster, 10 s per
+    training run. The processes this Ray starts inherit the environment as ray.init finds it, so they are told
+    where its dashboard will be.
+    """
+    import ray
+    port = free_port()
+    with environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+        ray.init(address="local", include_dashboard=DASHBOARD, dashboard_host="127.0.0.1", dashboard_port=port,
+                 **init_args)
 
 
 @contextlib.contextmanager

@@ -71,14 +71,13 @@ COMPILE_ENV = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
 
 def start_shared_ray() -> None:
     """The session's local Ray (2 cores here: oversubscribed so actor pools leave room for read tasks), with the
-    dashboard: it serves the State API that Ray Train's placement-group cleaner asks whether a run's driver lives.
+    dashboard: it serves the State API that Ray Train's placement-group cleaner asks whether a run's driver lives,
+    and `start_local_ray` tells its processes where, so another Ray on the machine does not stop the cleaner.
     Always a new one (`address="local"`): never a cluster that RAY_ADDRESS or another run's `ray start` names."""
-    import ray
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from gan.ray_runtime import DASHBOARD
+    from gan.ray_runtime import start_local_ray
     s3_env = {k: os.environ[k] for k in S3_ENV if k in os.environ}  # none on a GPU image without moto
-    ray.init(address="local", num_cpus=4, include_dashboard=DASHBOARD, dashboard_host="127.0.0.1",
-             log_to_driver=True, runtime_env={"env_vars": {**s3_env, **COMPILE_ENV}})
+    start_local_ray(num_cpus=4, log_to_driver=True, runtime_env={"env_vars": {**s3_env, **COMPILE_ENV}})
 
 
 @pytest.fixture(scope="session")

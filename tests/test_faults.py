@@ -275,8 +275,11 @@ def test_a_damaged_generator_file_is_one_line_and_exit_2(ray_cluster, cyclegan_c
 def _no_write_task_running() -> bool:
     """No write task of a stopped job still runs. Ray Data cancels them when the job stops, but asynchronously: one
     in its retry loop may outlive the stop by up to its window, and would land its output once S3 is back."""
+    import ray
     from ray.util.state import list_tasks
-    return not [t for t in list_tasks(filters=[("state", "=", "RUNNING")], limit=10_000) if "WriteStage" in t.name]
+    running = list_tasks(address=ray.get_runtime_context().gcs_address,  # this Ray's, whatever else runs here
+                         filters=[("state", "=", "RUNNING")], limit=10_000)
+    return not [t for t in running if "WriteStage" in t.name]
 
 
 def test_an_s3_outage_past_the_window_stops_with_one_line_and_the_rerun_completes(

@@ -251,6 +251,25 @@ RAY_CHATTER = ("pid=", "WARNING", "core_worker", "PlacementGroupCleaner", "Token
                "Traceback", "TrainController", "(ip=")
 
 
+def test_a_local_rays_processes_are_told_where_its_state_api_is(ray_cluster):
+    """Ray Train's placement-group cleaner asks the State API; with no address given it looks for the one Ray on the
+    machine, and beside another live Ray its thread died ("Found multiple active Ray instances") and a search's
+    stopped trials kept their CPUs (the search hung). A local Ray (`start_local_ray`, as `ensure_ray` starts one)
+    tells its processes where its own dashboard is."""
+    import ray
+
+    from ray.util.state import list_nodes
+
+    @ray.remote(num_cpus=0)
+    def api_server() -> str | None:
+        return os.environ.get("RAY_API_SERVER_ADDRESS")
+
+    told = ray.get(api_server.remote())
+    dashboard = ray_cluster._private.worker.global_worker.node.address_info["webui_url"]
+    assert told == f"http://{dashboard}"
+    assert {n.node_id for n in list_nodes(address=told)} == {n["NodeID"] for n in ray.nodes()}  # this Ray's
+
+
 def test_main_command_from_a_fresh_directory_prints_only_our_lines(tmp_path):
     """The README's main command form, relative --workdir, in a new directory, in its own process and Ray.
 

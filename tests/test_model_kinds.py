@@ -90,11 +90,12 @@ SPEC = ModelSpec("toy", ToyConfig, ToyGenerator, ToyTrainer, Stylize())
 def toy_ray(without_shared_ray):
     """A local Ray whose every worker, actor and replica sees $GAN_MODELS, as a cluster's runtime env would give."""
     import ray
+
+    from gan.ray_runtime import start_local_ray
     from tests.conftest import S3_ENV
     os.environ["GAN_MODELS"] = __name__
-    ray.init(address="local", num_cpus=4, include_dashboard=None, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": {"GAN_MODELS": __name__,
-                                       **{k: os.environ[k] for k in S3_ENV if k in os.environ}}})
+    start_local_ray(num_cpus=4, runtime_env={"env_vars": {"GAN_MODELS": __name__,
+                                                          **{k: os.environ[k] for k in S3_ENV if k in os.environ}}})
     yield ray
     ray.shutdown()
     os.environ.pop("GAN_MODELS")
