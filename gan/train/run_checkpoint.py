@@ -149,6 +149,43 @@ def persist(storage, checkpoint, dir_name: str):
         raise CheckpointNotSaved(dir_name, e) from None
 
 
+class InProcessCheckpoints:
+    """A run's checkpoints when it trains in its caller's process (`fit_in_process`: no Ray Train run to keep
+    them): saved as Ray Train saves them (`<storage>/<name>/checkpoint_epoch_N`, within the storage retry window), the newest
+    `keep` kept. A folder cut short by a crash is read back as damaged and passed over (`newest_intact`)."""
+
+    def __init__(self, storage: str, name: str, keep: int):
+        import pyarrow.fs
+
+        from gan.io.storage import arrow_filesystem
+        path, fs = arrow_filesystem(storage)
+        self.fs = fs or pyarrow.fs.LocalFileSystem()
+        self.run, self.keep = f"{path.rstrip('/')}/{name}", keep
+
+    def save(self, folder: Path, dir_name: str) -> str:
+        """Copy `folder` to the run's `dir_name`; its path there (as Ray Train names it: S3 without the scheme)."""
+        import pyarrow.fs
+        dest = f"{self.run}/{dir_name}"
+
+        def copy() -> None:
+            self.fs.create_dir(dest)
+            pyarrow.fs.copy_files(str(folder), dest, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=self.fs)
+        try:
+            arrow_call(f"saving {dir_name}", copy, dest, self.fs)
+            arrow_call(f"pruning {self.run}", self._prune, self.run, self.fs)
+        except StorageError as e:
+            raise CheckpointNotSaved(dir_name, e) from None
+        return dest
+
+    def _prune(self) -> None:
+        import pyarrow.fs
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.run, allow_not_found=True))
+        saved = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and FOLDER.match(i.base_name))
+        for old in saved[:-self.keep] if self.keep > 0 else []:
+            self.fs.delete_dir(old)
+
+
 def write_checkpoint(folder: Path, state: dict, generator: bytes, samples: bytes, history: list,
                      best_generator: bytes = b"", best_samples: bytes = b"", curve: bytes = b"") -> None:
     torch.save(state, folder / STATE_FILE)

@@ -1,8 +1,8 @@
 """Hyperparameter search with Ray Tune over our own training loop, on the score measured during training.
 
-Ray Train V2 has no `Tuner(trainer)`: each trial is a small driver function that builds a `TorchTrainer` for its
-settings, calls `fit()` and forwards every epoch's metrics (MiFID included) to Tune, with a Tune checkpoint that
-names the epoch's Train checkpoint. ASHA stops trials that trail; population-based training (PBT) hands the
+A trial of one worker trains in its own process (`fit_in_process`); of more, it drives a Ray Train run (Ray Train
+V2 has no `Tuner(trainer)`). Either way every epoch's metrics (MiFID included) go to Tune with a Tune checkpoint
+that names the epoch's run checkpoint. ASHA stops trials that trail; population-based training (PBT) hands the
 best trials' weights to the worst with perturbed settings. Each trial's training run is named after the trial
 and checkpoints into the search's storage, so a search rerun with the same name restores the Tune experiment
 and every unfinished trial continues from its last epoch checkpoint. The comparison reads each trial's own record
@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gan.io.storage import open_storage
-from gan.train.driver import fit_with_epochs, storage_args
+from gan.train.driver import fit_in_process, fit_with_epochs, storage_args
 from gan.train.quality import SCORE
 from gan.train.search_report import (BEST_GENERATOR, CURVES_PNG, RECORDS_DIR, REPORT_JSON, REPORT_MD, SAMPLES_PNG,
                                      SearchError, comparison, export_best, trial_of)
-from gan.train.settings import (TrainSettings, check_settings, check_workers_placeable, run_fields, searchable,
-                                worker_count)
+from gan.train.settings import (TrainSettings, check_settings, check_workers_placeable, per_worker_resources,
+                                run_fields, searchable, worker_count)
+from gan.train.worker import LoopHook
 
 DOMAINS = ("choice", "uniform", "loguniform", "randint", "quniform")
 
@@ -78,13 +79,20 @@ def _own_run(trial_id: str, train_checkpoint: str) -> str | None:
     return run if trial_of(run) == trial_id else None
 
 
-def run_trial(config: dict) -> None:
-    """One Tune trial: a driver for its own Ray Train run, forwarding each epoch's metrics to Tune.
+def in_process(settings: TrainSettings) -> bool:
+    """A trial of one worker trains in the trial's own process (`fit_in_process`); of more, it drives a Ray
+    Train run of its own."""
+    return worker_count(settings) == 1
 
-    Each epoch's report carries a small Tune checkpoint that names the Train checkpoint of that epoch. A trial
-    restored with its own checkpoint (an interrupted search, rerun) rejoins its Train run, which resumes; a trial
-    handed another trial's checkpoint (population-based training's exploit) starts a new Train run from it with
-    its new settings.
+
+def run_trial(config: dict, hook: LoopHook | None = None) -> None:
+    """One Tune trial: its training run (in this process, or a Ray Train run it drives), each epoch's metrics
+    forwarded to Tune.
+
+    Each epoch's report carries a small Tune checkpoint that names the run checkpoint of that epoch. A trial
+    restored with its own checkpoint (an interrupted search, rerun) continues its run; a trial handed another
+    trial's checkpoint (population-based training's exploit) starts a new run from it with its new settings.
+    `hook`: the training loop's fault injection, from tests.
     """
     import ray.tune
     trial_id = ray.tune.get_context().get_trial_id()
@@ -99,12 +107,13 @@ def run_trial(config: dict) -> None:
             pointer = json.loads((Path(d) / POINTER_FILE).read_text())
         if pointer.get("epoch", -1) + 1 >= settings.epochs:
             return  # handed a finished trial's last checkpoint (PBT's last round): nothing is left to train
-        reported = pointer["path"]
+        reported = start_from = pointer["path"]
         own = _own_run(trial_id, pointer["path"])
         if own:
-            name = own
+            # a Ray Train run finds its own latest checkpoint; in this process the run continues from the one Tune
+            # saw last (an epoch saved after it, which Tune never saw, is trained again)
+            name, start_from = own, (start_from if in_process(settings) else None)
         else:
-            start_from = pointer["path"]
             name = f"{trial_id}-from-{hashlib.sha1(start_from.encode()).hexdigest()[:8]}"
 
     def forward(m: dict) -> None:
@@ -115,7 +124,12 @@ def run_trial(config: dict) -> None:
             _write_record(records, trial_id, path, config)
         _report(m, path, trial_id)
 
-    result = fit_with_epochs(settings, name, storage, forward, start_from=start_from, lockstep=True)
+    if in_process(settings):
+        stopped = fit_in_process(settings, name, storage, forward, start_from=start_from, hook=hook)
+        if stopped:
+            raise SearchError(stopped["error"])
+        return
+    result = fit_with_epochs(settings, name, storage, forward, hook=hook, start_from=start_from, lockstep=True)
     if isinstance(result.return_value, dict) and result.return_value.get("error"):
         raise SearchError(result.return_value["error"])
     latest = result.checkpoint and _uri(result.checkpoint.path, storage)
@@ -191,8 +205,10 @@ def concurrency(base: TrainSettings, opts: SearchOptions) -> int:
     return max(1, int(res.get("CPU", 1) / (base.cpus_per_worker * workers) + 1e-9))
 
 
-def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str, storage: str) -> dict:
-    """Search (or continue the search of the same name), then write and return the comparison report."""
+def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str, storage: str,
+               hook: LoopHook | None = None) -> dict:
+    """Search (or continue the search of the same name), then write and return the comparison report. `hook`:
+    the trials' training loops' fault injection (`LoopHook`), from tests."""
     from ray import tune
 
     from gan.ray_runtime import ensure_ray
@@ -213,8 +229,9 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     trials_storage = f"{root}/trials"
     param_space = {**domains, "__base__": asdict(base), "__storage__": trials_storage,
                    "__records__": f"{root}/{RECORDS_DIR}"}
-    # the trial is only a driver (it waits on its TorchTrainer); the training workers ask for their own resources
-    trainable = tune.with_resources(run_trial, {"CPU": 0.05})
+    # a trial of one worker is that worker; a larger one only drives its Ray Train run, whose workers ask for theirs
+    trainable = tune.with_resources(tune.with_parameters(run_trial, hook=hook),
+                                    per_worker_resources(base) if in_process(base) else {"CPU": 0.05})
     where = storage_args(root)  # Tune's experiment state beside the trials: local or s3://
     path = f"{where['storage_path'].rstrip('/')}/tune"
     fs = where.get("storage_filesystem")
@@ -232,7 +249,8 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
                                         time_budget_s=opts.time_budget_s,
                                         reuse_actors=False),  # a stopped trial's actor dies, and its Train run
                                                               # (controller and workers) with it
-            run_config=tune.RunConfig(name="tune", verbose=0, **where),
+            run_config=tune.RunConfig(name="tune", verbose=0, **where, failure_config=tune.FailureConfig(
+                max_failures=base.max_failures if in_process(base) else 0)),  # else Ray Train retries the workers
         )
         resumed = False
     tuner.fit()

@@ -1,5 +1,5 @@
-"""The loop each Ray Train worker runs: build data and models, continue from the run's checkpoint, train epochs,
-report each (with a checkpoint every K epochs).
+"""The loop each Ray Train worker runs (and a search trial of one worker, in its own process): build data and
+models, continue from the run's checkpoint, train epochs, report each (with a checkpoint every K epochs).
 
 Each worker holds all training images (encoded) and reads its own shard per epoch through a DistributedSampler;
 every network is wrapped in DDP by `prepare_model`. Global batch = batch_size x workers.
@@ -48,12 +48,13 @@ class _Run:
     skipped: list = field(default_factory=list)  # damaged checkpoints passed over when continuing
 
 
-def _start_checkpoint(start_from: str | None):
-    """The run's latest checkpoint, else the other run's checkpoint it was told to start from (or None)."""
+def _start_checkpoint(start_from: str | None, in_process: bool):
+    """The run's latest checkpoint (Ray Train's; a run in its caller's process is told it), else the other run's
+    checkpoint it was told to start from (or None)."""
     import ray.train
 
     from gan.io.storage import arrow_filesystem
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = None if in_process else ray.train.get_checkpoint()
     if checkpoint is None and start_from:
         path, fs = arrow_filesystem(start_from)
         checkpoint = ray.train.Checkpoint(path, filesystem=fs)
@@ -61,16 +62,24 @@ def _start_checkpoint(start_from: str | None):
 
 
 def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int,
-           start_from: str | None = None) -> _Run:
-    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from."""
+           start_from: str | None = None, in_process: bool = False) -> _Run:
+    """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from.
+    `in_process`: the caller's process is the one worker, not a Ray Train worker: no DDP, and the device is the
+    GPU Ray gave the process, if any."""
     import ray.train.torch as rt
     if hook:
         hook("setup", rank, 0)
     spec = get_model(settings.model)
     model_cfg = settings.build_model_config()
     images = {source: load_encoded_images(getattr(settings, source))[0] for source in training_sources(spec)}
-    wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
-    device = rt.get_device()
+    if in_process:
+        device = torch.device("cuda" if settings.use_gpu else "cpu")
+        wrap = lambda m: m.to(device)  # noqa: E731
+        prepare_loader = lambda loader: loader  # noqa: E731 - the trainers move each batch to their device
+    else:
+        device = rt.get_device()
+        wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
+        prepare_loader = lambda loader: rt.prepare_data_loader(loader, add_dist_sampler=False)  # noqa: E731
     trainer = spec.trainer(model_cfg, device, wrap, seed=settings.seed, precision=settings.precision,
                            compile=settings.compile)
     trainer.data_init(images)
@@ -82,17 +91,16 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
     if _data_on_device(settings, dataset, device):
         loader = DeviceLoader(dataset, sampler, settings.batch_size, device)
     else:
-        loader = rt.prepare_data_loader(
+        loader = prepare_loader(
             torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True,
-                                        num_workers=settings.loader_workers, pin_memory=device.type == "cuda"),
-            add_dist_sampler=False)
+                                        num_workers=settings.loader_workers, pin_memory=device.type == "cuda"))
     fixed = sample_inputs(spec, images, model_cfg, settings.sample_count, settings.seed)
     run = _Run(spec, trainer, loader, fixed, model_cfg)
     if rank == 0 and settings.eval_photos > 0:
         run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, device,
                                        settings.seed)
 
-    checkpoint = _start_checkpoint(start_from)
+    checkpoint = _start_checkpoint(start_from, in_process)
     if checkpoint:
         saved = newest_intact(checkpoint)
         if saved.exported.kind != settings.model:
@@ -161,21 +169,19 @@ def train_loop_per_worker(config: dict) -> dict | None:
     saved (the storage past its retry window, a full disk: {"storage_fault": kind} too), so Ray Train does not
     restart the workers for it; the driver raises it as a TrainingError, or as that storage fault.
     """
-    import ray.train
-
     settings, hook = TrainSettings(**config["settings"]), config.get("hook")
     set_retry_window(config.get("storage_retry_s", RETRY_WINDOW_S))  # the driver's --storage-retry
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    reports = config.get("reports")  # a run in its caller's process (`fit_in_process`): its epochs go there
+    rank, world, name = _whoami(reports)
     stop, run = None, None
     try:
-        run = _setup(settings, hook, rank, world, config.get("start_from"))
+        run = _setup(settings, hook, rank, world, config.get("start_from"), in_process=reports is not None)
     except (ValueError, ImportError, StorageError) as e:  # bad data, sizes, checkpoint, a missing package, the
         stop = _stop(e)                                   # storage past its window: every attempt alike
     stop = _first_stop(stop, world)
     if stop:
         return stop
-    nodes, name = _node_count(world), ctx.get_experiment_name()
+    nodes = _node_count(world)
 
     for epoch in range(run.start_epoch, settings.epochs):
         metrics = {**_train_epoch(settings, run, hook, epoch, rank, world), "workers": world, "nodes": nodes,
@@ -189,31 +195,47 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if (epoch + 1) % settings.checkpoint_every == 0 or last:
             # a save that fails (the storage past its retry window, a full disk) stops every rank together, with
             # the run's last complete checkpoint left as it was: Ray Train's restarts would only meet it again
-            stop = _first_stop(_save_checkpoint(settings, run, epoch, metrics) if rank == 0 else _report(metrics),
-                               world)
+            stop = _first_stop(_save_checkpoint(settings, run, epoch, metrics, reports) if rank == 0
+                               else _report(metrics), world)
             if stop:
                 return stop
         else:
-            ray.train.report(metrics)
+            _report(metrics, reports)
         if config.get("gate") is not None and not last:
             _wait_at_gate(config["gate"], epoch)
     return None
 
 
-def _report(metrics: dict) -> None:
+def _whoami(reports) -> tuple[int, int, str]:
+    """(rank, world size, run name). In its caller's process, a Tune trial, Ray Train's context is not to be asked
+    (Ray refuses `ray.train.get_context` where a Tune session is): one worker, named by its reports."""
     import ray.train
-    ray.train.report(metrics)
+    if reports is not None:
+        return 0, 1, reports.name
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_experiment_name()
 
 
-def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict) -> dict | None:
+def _report(metrics: dict, reports=None) -> None:
+    import ray.train
+    if reports is not None:
+        reports.report(metrics)
+    else:
+        ray.train.report(metrics)
+
+
+def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict, reports=None) -> dict | None:
     """Report the epoch with its checkpoint (rank 0); None when saved, else the storage fault's stop."""
     import ray.train
     name = f"checkpoint_epoch_{epoch:05d}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _write_checkpoint(Path(tmp), settings, run, epoch)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name,
-                             checkpoint_upload_fn=upload_checkpoint)
+            if reports is not None:
+                reports.report(metrics, Path(tmp), name)
+            else:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name, checkpoint_upload_fn=upload_checkpoint)
     except CheckpointNotSaved as e:
         return _stop(e.fault)
     return None
