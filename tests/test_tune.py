@@ -18,6 +18,7 @@ from gan.batch.engine import BatchOptions
 from gan.batch.stylize import stylize
 from gan.checkpoint import from_bytes
 from gan.io.storage import open_storage
+from gan.train.run_checkpoint import InProcessCheckpoints
 from gan.train.settings import TrainSettings
 from gan.train.search import (CURVES_PNG, REPORT_JSON, REPORT_MD, SAMPLES_PNG, SearchError, SearchOptions,
                               parse_space, run_search, trial_settings)
@@ -103,6 +104,23 @@ def test_asha_stops_poor_trials_and_the_report_ranks_them(ray_cluster, demo_data
                                                                 output=open_storage(str(tmp_path / "styled")),
                                                                 progress=False))
     assert result.report["counts"]["outputs"] == 24
+
+
+def test_a_trial_of_one_worker_saves_its_checkpoints_as_ray_train_would_and_keeps_the_newest(s3, bucket, tmp_path):
+    """A trial trained in its own process saves its run's checkpoints itself: the run's folder, local or on S3,
+    named as Ray Train names them (S3 without the scheme), the newest `keep_checkpoints` kept."""
+    for storage in (str(tmp_path / "runs"), f"s3://{bucket}/runs"):
+        saved = InProcessCheckpoints(storage, "t1", keep=2)
+        for epoch in range(3):
+            folder = tmp_path / f"epoch{epoch}"
+            folder.mkdir(exist_ok=True)
+            (folder / "history.json").write_text(json.dumps([{"epoch": epoch}]))
+            path = saved.save(folder, f"checkpoint_epoch_{epoch:05d}")
+        kept = open_storage(f"{storage}/t1")
+        assert sorted(kept.list("")) == [f"checkpoint_epoch_0000{e}/history.json" for e in (1, 2)]
+        assert path == (f"{bucket}/runs/t1/checkpoint_epoch_00002" if storage.startswith("s3://")
+                        else f"{tmp_path}/runs/t1/checkpoint_epoch_00002")
+        assert json.loads(kept.read("checkpoint_epoch_00002/history.json")) == [{"epoch": 2}]
 
 
 def test_a_trial_whose_process_dies_is_tried_again_from_its_last_epoch(ray_cluster, demo_data, tmp_path):
