@@ -64,6 +64,12 @@ def bucket(s3, request):
 
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def s3_env() -> dict:
+    """The test S3 server's settings for a Ray's runtime_env (none on a GPU image without moto)."""
+    return {k: os.environ[k] for k in S3_ENV if k in os.environ}
+
 # Ray workers that torch.compile (the --compile training test) trace with Dynamo and AOTAutograd as on a GPU, but
 # skip Inductor's C++ code generation (minutes on 2 cold cores); test_models checks Inductor's maths in-process.
 COMPILE_ENV = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
@@ -76,8 +82,7 @@ def start_shared_ray() -> None:
     Always a new one (`address="local"`): never a cluster that RAY_ADDRESS or another run's `ray start` names."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from gan.ray_runtime import start_local_ray
-    s3_env = {k: os.environ[k] for k in S3_ENV if k in os.environ}  # none on a GPU image without moto
-    start_local_ray(num_cpus=4, log_to_driver=True, runtime_env={"env_vars": {**s3_env, **COMPILE_ENV}})
+    start_local_ray(num_cpus=4, log_to_driver=True, runtime_env={"env_vars": {**s3_env(), **COMPILE_ENV}})
 
 
 @pytest.fixture(scope="session")

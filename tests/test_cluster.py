@@ -7,7 +7,6 @@ worker and model actor asks for one, so two of them can only run on two differen
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import replace
@@ -22,7 +21,7 @@ from gan.io.storage import open_storage
 from gan.train.driver import run_training
 from gan.train.run_checkpoint import HISTORY_FILE
 from gan.train.settings import TrainSettings
-from tests.conftest import S3_ENV
+from tests.conftest import s3_env
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +42,7 @@ def nodes(without_shared_ray):
     workers = [cluster.add_node(num_cpus=2, resources=dict(SLOT)) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in S3_ENV}})
+             runtime_env={"env_vars": s3_env()})
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()

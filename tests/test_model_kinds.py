@@ -92,10 +92,9 @@ def toy_ray(without_shared_ray):
     import ray
 
     from gan.ray_runtime import start_local_ray
-    from tests.conftest import S3_ENV
+    from tests.conftest import s3_env
     os.environ["GAN_MODELS"] = __name__
-    start_local_ray(num_cpus=4, runtime_env={"env_vars": {"GAN_MODELS": __name__,
-                                                          **{k: os.environ[k] for k in S3_ENV if k in os.environ}}})
+    start_local_ray(num_cpus=4, runtime_env={"env_vars": {"GAN_MODELS": __name__, **s3_env()}})
     yield ray
     ray.shutdown()
     os.environ.pop("GAN_MODELS")
