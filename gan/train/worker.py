@@ -66,7 +66,6 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
     """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from.
     `in_process`: the caller's process is the one worker, not a Ray Train worker: no DDP, and the device is the
     GPU Ray gave the process, if any."""
-    import ray.train.torch as rt
     if hook:
         hook("setup", rank, 0)
     spec = get_model(settings.model)
@@ -77,6 +76,7 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
         wrap = lambda m: m.to(device)  # noqa: E731
         prepare_loader = lambda loader: loader  # noqa: E731 - the trainers move each batch to their device
     else:
+        import ray.train.torch as rt
         device = rt.get_device()
         wrap = lambda m: rt.prepare_model(m, parallel_strategy_kwargs=spec.ddp_kwargs)  # noqa: E731
         prepare_loader = lambda loader: rt.prepare_data_loader(loader, add_dist_sampler=False)  # noqa: E731
