@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from PIL import Image
 from gan.batch.engine import BatchOptions
 from gan.batch.stylize import stylize
 from gan.checkpoint import from_bytes
-from gan.io.storage import open_storage
-from gan.train.run_checkpoint import InProcessCheckpoints
+from gan.io.storage import StorageUnavailableError, open_storage
+from gan.ray_runtime import free_port
+from gan.train.run_checkpoint import CheckpointNotSaved, InProcessCheckpoints
 from gan.train.settings import TrainSettings
 from gan.train.search import (CURVES_PNG, REPORT_JSON, REPORT_MD, SAMPLES_PNG, SearchError, SearchOptions,
                               parse_space, run_search, trial_settings)
@@ -121,6 +123,23 @@ def test_a_trial_of_one_worker_saves_its_checkpoints_as_ray_train_would_and_keep
         assert path == (f"{bucket}/runs/t1/checkpoint_epoch_00002" if storage.startswith("s3://")
                         else f"{tmp_path}/runs/t1/checkpoint_epoch_00002")
         assert json.loads(kept.read("checkpoint_epoch_00002/history.json")) == [{"epoch": 2}]
+
+
+def test_a_trial_checkpoint_that_s3_does_not_take_stops_the_run_with_the_storage_fault(monkeypatch, tmp_path):
+    """S3 unreachable past the retry window: the save raises CheckpointNotSaved carrying the outage, as Ray Train's
+    own upload does, so the trial stops with one line naming the endpoint."""
+    import gan.io.storage as storage_module
+    monkeypatch.setattr(storage_module, "RETRY_WINDOW_S", 0.0)  # one try
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    folder = tmp_path / "epoch0"
+    folder.mkdir()
+    (folder / "history.json").write_text("[]")
+    with pytest.raises(CheckpointNotSaved, match=r"^checkpoint_epoch_00000 was not saved \(StorageUnavailableError"
+                                                 r"; the run stops\)$") as caught:
+        InProcessCheckpoints("s3://bkt/runs", "t1", keep=2).save(folder, "checkpoint_epoch_00000")
+    assert isinstance(caught.value.fault, StorageUnavailableError)
+    assert re.match(r"S3 at http://127.0.0.1:\d+ did not answer for 0 s \(saving checkpoint_epoch_00000: ",
+                    str(caught.value.fault))
 
 
 def test_a_trial_whose_process_dies_is_tried_again_from_its_last_epoch(ray_cluster, demo_data, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,17 +143,24 @@ def persist(storage, checkpoint, dir_name: str):
     """`storage.persist_current_checkpoint` (a Ray Train StorageContext) within the storage retry window; a storage
     fault raised as CheckpointNotSaved."""
     where = storage.build_checkpoint_path_from_name(dir_name)
-    try:
+    with _saving(dir_name):
         return arrow_call(f"saving {dir_name}", lambda: storage.persist_current_checkpoint(checkpoint, dir_name),
                           where, storage.storage_filesystem)
+
+
+@contextmanager
+def _saving(dir_name: str):
+    """A storage fault while saving `dir_name` (its retry window spent, or a full disk) as CheckpointNotSaved."""
+    try:
+        yield
     except StorageError as e:
         raise CheckpointNotSaved(dir_name, e) from None
 
 
 class InProcessCheckpoints:
     """A run's checkpoints when it trains in its caller's process (`fit_in_process`: no Ray Train run to keep
-    them): saved as Ray Train saves them (`<storage>/<name>/checkpoint_epoch_N`, within the storage retry window), the newest
-    `keep` kept. A folder cut short by a crash is read back as damaged and passed over (`newest_intact`)."""
+    them): saved as Ray Train saves them (`<storage>/<name>/checkpoint_epoch_N`, within the storage retry window),
+    the newest `keep` kept. A folder cut short by a crash is read back as damaged and passed over (`newest_intact`)."""
 
     def __init__(self, storage: str, name: str, keep: int):
         import pyarrow.fs
@@ -171,11 +179,9 @@ class InProcessCheckpoints:
             self.fs.create_dir(dest)
             pyarrow.fs.copy_files(str(folder), dest, source_filesystem=pyarrow.fs.LocalFileSystem(),
                                   destination_filesystem=self.fs)
-        try:
+        with _saving(dir_name):
             arrow_call(f"saving {dir_name}", copy, dest, self.fs)
             arrow_call(f"pruning {self.run}", self._prune, self.run, self.fs)
-        except StorageError as e:
-            raise CheckpointNotSaved(dir_name, e) from None
         return dest
 
     def _prune(self) -> None:
