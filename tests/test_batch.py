@@ -22,6 +22,7 @@ from gan.io.naming import output_names, safe_stem
 from gan.io.storage import StorageError, open_storage
 from gan.batch.stylize import photos_of, stylize
 from gan.batch.submission import SubmissionError, assemble, check_submission_image, check_zip, checked_images
+from tests import processes
 from tests.conftest import ROOT
 from tests.helpers import BROKEN, GOOD_ODD, image_bytes, write_files
 
@@ -173,34 +174,6 @@ if __name__ == "__main__":
 """
 
 
-KILLED_JOB_TAG = "GAN_TEST_KILLED_JOB"
-
-
-def _kill_processes_tagged(tag: str, timeout: float = 60.0) -> None:
-    """SIGKILL every process whose environment holds `tag`, until none is left: a killed driver's Ray workers run in
-    process groups of their own (the model actor that sent the kill among them) and would otherwise write for a
-    moment after the driver is gone."""
-    needle = f"{KILLED_JOB_TAG}={tag}".encode()
-    deadline = time.monotonic() + timeout
-    while True:
-        left = []
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and needle in (proc / "environ").read_bytes().split(b"\0"):
-                    left.append(int(proc.name))
-            except OSError:  # gone meanwhile, or a zombie
-                continue
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"processes {left} of the killed job are still alive"
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_cluster, photos, cyclegan_ckpt, tmp_path):
     # the uninterrupted run, for comparison
     clean = tmp_path / "clean"
@@ -211,12 +184,12 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_one_output_each(ray_clus
     (tmp_path / "kill_driver.py").write_text(KILL_DRIVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
-    env[KILLED_JOB_TAG] = tag = os.urandom(8).hex()
+    env[processes.TAG] = tag = processes.new_tag()
     proc = subprocess.run([sys.executable, str(tmp_path / "kill_driver.py"), cyclegan_ckpt, str(photos), str(out)],
                           cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == -signal.SIGKILL
-    _kill_processes_tagged(tag)  # the whole node is gone: nothing of the killed job writes after this
+    processes.kill_tagged(tag)  # the driver's Ray workers too (groups of their own): the whole node is gone
     partial = len(list(out.glob("*.jpg")))
     assert partial < PHOTOS and (out / MANIFEST).exists() and not (out / REPORT).exists()
     result = stylize(str(photos), opts(cyclegan_ckpt, out))

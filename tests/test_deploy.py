@@ -5,6 +5,7 @@ serve/config.yaml and a rolling checkpoint update, then `ray stop`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ import yaml
 from PIL import Image
 
 from gan.train.demo_data import write_demo_data
+from tests import processes
 from tests.conftest import ROOT, free_port
 from tests.helpers import image_bytes
 
@@ -119,8 +121,10 @@ def test_ray_job_stop_leaves_no_partial_outputs(head, pipeline_run, tmp_path):
     cmd = ["python", "-m", "jobs.stylize", "--checkpoint", str(pipeline_run / "generator.pt"),
            "--input", str(tmp_path / "many" / "photo_jpg"), "--output", str(out), "--cpus-per-actor", "1",
            "--no-progress"]
+    tag = processes.new_tag()  # in the job's processes' environment, to tell when the last of them is gone
     sub = _cli(env, "ray", "job", "submit", "--address", address, "--submission-id", "stylize-1", "--no-wait",
-               "--working-dir", ".", "--", *cmd, "--batch-size", "1", "--actors", "1")
+               "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": {processes.TAG: tag}}), "--",
+               *cmd, "--batch-size", "1", "--actors", "1")
     assert sub.returncode == 0, sub.stderr[-2000:]
     deadline = time.monotonic() + 300
     while len(list(out.glob("*.jpg"))) < 5 and time.monotonic() < deadline:
@@ -128,7 +132,7 @@ def test_ray_job_stop_leaves_no_partial_outputs(head, pipeline_run, tmp_path):
     stopped = _cli(env, "ray", "job", "stop", "--address", address, "stylize-1")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert _wait_status(env, address, "stylize-1", {"STOPPED", "SUCCEEDED", "FAILED"}, 120) == "STOPPED"
-    time.sleep(1)  # let killed workers finish dying
+    processes.wait_until_idle(tag)  # its actors and write tasks may outlive its driver: count after they end
     jpgs = sorted(out.glob("*.jpg"))
     assert 5 <= len(jpgs) < photos
     for p in jpgs:  # every output that exists is a whole image
