@@ -126,11 +126,17 @@ def fit_with_epochs(settings: TrainSettings, name: str, storage: str, on_epoch: 
 
 
 class InProcessReports:
-    """The epochs of a run in this process: each epoch's checkpoint saved (`InProcessCheckpoints`), then its
-    metrics to `on_epoch` with the saved path ("checkpoint", or None), as `fit_with_epochs` hands them on."""
+    """The epochs of a run in this process (the training loop's `reports`, as `RayTrainReports` for a Ray Train
+    worker): each epoch's checkpoint saved (`InProcessCheckpoints`), then its metrics to `on_epoch` with the saved
+    path ("checkpoint", or None), as `fit_with_epochs` hands them on."""
+    in_process, rank, world = True, 0, 1
 
     def __init__(self, name: str, checkpoints: InProcessCheckpoints, on_epoch: Callable[[dict], None]):
         self.name, self.checkpoints, self.on_epoch = name, checkpoints, on_epoch
+
+    def latest_checkpoint(self) -> None:
+        """None: no Ray Train keeps this run's checkpoints; its caller passes the one to continue from."""
+        return None
 
     def report(self, metrics: dict, folder=None, dir_name: str | None = None) -> None:
         path = self.checkpoints.save(folder, dir_name) if folder is not None else None

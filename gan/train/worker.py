@@ -48,30 +48,54 @@ class _Run:
     skipped: list = field(default_factory=list)  # damaged checkpoints passed over when continuing
 
 
-def _start_checkpoint(start_from: str | None, in_process: bool):
-    """The run's latest checkpoint (Ray Train's; a run in its caller's process is told it), else the other run's
-    checkpoint it was told to start from (or None)."""
+class RayTrainReports:
+    """Where a Ray Train worker's epochs go: Ray Train's `report`, which saves a checkpoint with `upload_checkpoint`.
+    A run in its caller's process (`fit_in_process`) passes its own in the config ("reports"), with the same
+    attributes and methods."""
+    in_process = False
+
+    def __init__(self):
+        import ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.name = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_experiment_name()
+
+    def latest_checkpoint(self):
+        """The run's latest checkpoint that Ray Train registered (None on a first attempt)."""
+        import ray.train
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, folder: Path | None = None, dir_name: str | None = None) -> None:
+        import ray.train
+        if folder is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                             checkpoint_dir_name=dir_name, checkpoint_upload_fn=upload_checkpoint)
+
+
+def _start_checkpoint(start_from: str | None, reports):
+    """The run's latest checkpoint, else the other run's checkpoint it was told to start from (or None)."""
     import ray.train
 
     from gan.io.storage import arrow_filesystem
-    checkpoint = None if in_process else ray.train.get_checkpoint()
+    checkpoint = reports.latest_checkpoint()
     if checkpoint is None and start_from:
         path, fs = arrow_filesystem(start_from)
         checkpoint = ray.train.Checkpoint(path, filesystem=fs)
     return checkpoint
 
 
-def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int,
-           start_from: str | None = None, in_process: bool = False) -> _Run:
+def _setup(settings: TrainSettings, hook: LoopHook | None, reports, start_from: str | None = None) -> _Run:
     """Data, models (each wrapped in DDP) and, when the run has a checkpoint, the state it continues from.
-    `in_process`: the caller's process is the one worker, not a Ray Train worker: no DDP, and the device is the
-    GPU Ray gave the process, if any."""
+    A run in its caller's process (`reports.in_process`) is the one worker, not a Ray Train worker: no DDP, and
+    the device is the GPU Ray gave the process, if any."""
+    rank, world = reports.rank, reports.world
     if hook:
         hook("setup", rank, 0)
     spec = get_model(settings.model)
     model_cfg = settings.build_model_config()
     images = {source: load_encoded_images(getattr(settings, source))[0] for source in training_sources(spec)}
-    if in_process:
+    if reports.in_process:
         device = torch.device("cuda" if settings.use_gpu else "cpu")
         wrap = lambda m: m.to(device)  # noqa: E731
         prepare_loader = lambda loader: loader  # noqa: E731 - the trainers move each batch to their device
@@ -100,7 +124,7 @@ def _setup(settings: TrainSettings, hook: LoopHook | None, rank: int, world: int
         run.evaluator = InTrainingEval(spec, images, settings.eval_photos, settings.eval_features, device,
                                        settings.seed)
 
-    checkpoint = _start_checkpoint(start_from, in_process)
+    checkpoint = _start_checkpoint(start_from, reports)
     if checkpoint:
         saved = newest_intact(checkpoint)
         if saved.exported.kind != settings.model:
@@ -171,11 +195,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
     """
     settings, hook = TrainSettings(**config["settings"]), config.get("hook")
     set_retry_window(config.get("storage_retry_s", RETRY_WINDOW_S))  # the driver's --storage-retry
-    reports = config.get("reports")  # a run in its caller's process (`fit_in_process`): its epochs go there
-    rank, world, name = _whoami(reports)
+    # a run in its caller's process (`fit_in_process`) passes where its epochs go; Ray Train's context is not to be
+    # asked there (Ray refuses `ray.train.get_context` where a Tune session is)
+    reports = config.get("reports") or RayTrainReports()
+    rank, world, name = reports.rank, reports.world, reports.name
     stop, run = None, None
     try:
-        run = _setup(settings, hook, rank, world, config.get("start_from"), in_process=reports is not None)
+        run = _setup(settings, hook, reports, config.get("start_from"))
     except (ValueError, ImportError, StorageError) as e:  # bad data, sizes, checkpoint, a missing package, the
         stop = _stop(e)                                   # storage past its window: every attempt alike
     stop = _first_stop(stop, world)
@@ -196,46 +222,22 @@ def train_loop_per_worker(config: dict) -> dict | None:
             # a save that fails (the storage past its retry window, a full disk) stops every rank together, with
             # the run's last complete checkpoint left as it was: Ray Train's restarts would only meet it again
             stop = _first_stop(_save_checkpoint(settings, run, epoch, metrics, reports) if rank == 0
-                               else _report(metrics), world)
+                               else reports.report(metrics), world)
             if stop:
                 return stop
         else:
-            _report(metrics, reports)
+            reports.report(metrics)
         if config.get("gate") is not None and not last:
             _wait_at_gate(config["gate"], epoch)
     return None
 
 
-def _whoami(reports) -> tuple[int, int, str]:
-    """(rank, world size, run name). In its caller's process, a Tune trial, Ray Train's context is not to be asked
-    (Ray refuses `ray.train.get_context` where a Tune session is): one worker, named by its reports."""
-    import ray.train
-    if reports is not None:
-        return 0, 1, reports.name
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_experiment_name()
-
-
-def _report(metrics: dict, reports=None) -> None:
-    import ray.train
-    if reports is not None:
-        reports.report(metrics)
-    else:
-        ray.train.report(metrics)
-
-
-def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict, reports=None) -> dict | None:
+def _save_checkpoint(settings: TrainSettings, run: _Run, epoch: int, metrics: dict, reports) -> dict | None:
     """Report the epoch with its checkpoint (rank 0); None when saved, else the storage fault's stop."""
-    import ray.train
-    name = f"checkpoint_epoch_{epoch:05d}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _write_checkpoint(Path(tmp), settings, run, epoch)
-            if reports is not None:
-                reports.report(metrics, Path(tmp), name)
-            else:
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=name, checkpoint_upload_fn=upload_checkpoint)
+            reports.report(metrics, Path(tmp), f"checkpoint_epoch_{epoch:05d}")
     except CheckpointNotSaved as e:
         return _stop(e.fault)
     return None
