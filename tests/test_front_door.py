@@ -206,25 +206,6 @@ def test_placement_is_checked_where_ray_cannot_grow(ray_cluster, demo_data, monk
     check_workers_placeable(five)
 
 
-def test_a_score_without_torchmetrics_fails_before_any_work(demo_data, tmp_path, monkeypatch):
-    """Training with the in-training score, or evaluating, where the `metrics` extra is missing: one line at once,
-    not a failure after the first epochs (or the features of every image), retried."""
-    import importlib.util
-    from gan.eval.evaluate import EvalOptions, evaluate
-    from gan.eval.metrics import MetricsUnavailableError
-    from gan.train.settings import check_settings
-    found = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "torchmetrics" else found(name, *a))
-    with pytest.raises(MetricsUnavailableError, match=r"pip install 'gan-art\[metrics\]'.*--eval-photos 0$"):
-        check_settings(_settings(demo_data))
-    assert check_settings(_settings(demo_data, eval_photos=0)).eval_photos == 0  # no score asked for
-    with pytest.raises(MetricsUnavailableError):
-        evaluate(str(demo_data / "photo_jpg"), str(demo_data / "monet_jpg"), None, EvalOptions(features="pixels"),
-                 report_uri=str(tmp_path / "r.json"))
-    assert not (tmp_path / "r.json").exists()
-
-
 def _our_stderr(capsys) -> list[str]:
     """stderr lines, less what the test session's shared Ray (log_to_driver on) forwards from its actors."""
     return [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
@@ -325,9 +306,11 @@ def test_the_pipeline_trains_real_data_with_the_recipe_and_demo_data_small():
     assert not real.use_gpu and settings(["--data", "x", "--recipe", "kaggle"]).use_gpu
 
 
-def _loaded_by_importing(modules: str, watched: tuple[str, ...]) -> list[str]:
-    """Which of `watched` a fresh interpreter has loaded after `import` of `modules` (the repo on its path)."""
-    code = f"import json, sys, {modules}\nprint(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))"
+def _loaded_by_importing(modules: str, watched: tuple[str, ...], then: str = "") -> list[str]:
+    """Which of `watched` a fresh interpreter has loaded after `import` of `modules` (the repo on its path) and
+    running the statements `then`."""
+    code = (f"import json, sys, {modules}\n{then}\n"
+            f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -342,6 +325,15 @@ def test_jobs_workers_and_the_server_start_without_the_slow_optional_imports():
                                 "jobs.assemble, gan.train.driver, gan.train.worker, gan.train.search, "
                                 "gan.batch.engine, serve.app",
                                 ("torchvision", "torchmetrics", "scipy", "torch._dynamo")) == []
+
+
+def test_a_score_loads_neither_torchmetrics_nor_scipy():
+    """MiFID, FID, KID and the memorization distance are computed with torch alone: importing torchmetrics (it loads
+    torchvision and scipy) cost ~3 s of CPU in every process that scored, an evaluation's driver or each trial."""
+    assert _loaded_by_importing("numpy, gan.eval.metrics", ("torchvision", "torchmetrics", "scipy", "torch._dynamo"),
+                                "rng = numpy.random.default_rng(0)\n"
+                                "gan.eval.metrics.mifid(rng.random((20, 8)), rng.random((12, 8)), rng.random((9, 8)))"
+                                ) == []
 
 
 def test_batch_tasks_the_zips_processes_and_a_runs_channel_start_without_torch():

@@ -44,11 +44,27 @@ def test_fid_of_two_gaussians_matches_the_closed_form():
 
 
 def test_our_fid_equals_an_independent_transcription():
-    """Our FID calls torchmetrics' helper; the check is the numpy/scipy transcription, which shares no code."""
+    """Checked against the competition's numpy/scipy code (a matrix square root, not eigenvalues: no shared code)."""
     rng = np.random.default_rng(1)
     gen, real = rng.gamma(2.0, 1.0, (300, 16)), rng.gamma(2.5, 1.0, (200, 16))
     assert fid(gen, real) == pytest.approx(reference_mifid(gen, real, real)[0], rel=1e-6)
     assert fid(gen, gen) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_and_memorization_equal_torchmetrics_helpers():
+    """The same numbers as torchmetrics' FID and MiFID helpers (what scored before: the figures on record stand),
+    the memorization one called in the competition's order, generated first; at Inception's 2048 dimensions too."""
+    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.mifid import _compute_cosine_distance
+    from gan.eval.metrics import gaussian_stats
+    rng = np.random.default_rng(4)
+    for dims in (16, 2048):
+        gen, real, train = rng.gamma(2.0, 1.0, (300, dims)), rng.gamma(2.5, 1.0, (240, dims)), rng.random((50, dims))
+        gen[7] = 0  # an all-zero row, dropped by both
+        stats = (*gaussian_stats(gen), *gaussian_stats(real))
+        assert fid_from_stats(*stats) == float(_compute_fid(*stats))
+        g, t = torch.as_tensor(gen), torch.as_tensor(train)
+        assert memorization_distance(gen, train) == float(_compute_cosine_distance(g, t, float("inf")))
 
 
 def test_memorization_distance_takes_the_competitions_direction():

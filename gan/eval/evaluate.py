@@ -16,7 +16,7 @@ import torch
 from gan.batch.pipeline import DecodeStage, Row, actor_plan, run_pipeline
 from gan.eval.features import extract, make_extractor
 from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
-from gan.eval.metrics import mifid, require_metrics
+from gan.eval.metrics import mifid
 from gan.io.naming import safe_stem
 from gan.pictures import grid_png
 from gan.io.sources import Rejected, is_zip, read_input, scan_uri
@@ -161,8 +161,7 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
              report_uri: str | None = None) -> dict:
     start = time.monotonic()
     storage, report_name, sheet_name = report_location(generated, report_uri)  # a bad place fails first
-    require_metrics()  # missing packages and weights fail here, first, not after the features
-    extractor = make_extractor(opts.features, opts.inception_weights).name
+    extractor = make_extractor(opts.features, opts.inception_weights).name  # missing weights fail here, first
     sets = {"generated": (generated, is_zip(generated)), "real": (real, False)}
     if train and train != real:
         sets["train"] = (train, False)

@@ -4,32 +4,17 @@ MiFID (Kaggle's evaluator, first used for Generative Dog Images):
   FID between generated and real features;
   d = mean over generated images of min over training images of (1 - |cos|), all-zero rows dropped;
   d is kept if d < eps (0.1), else replaced by 1;  MiFID = FID / (d + 1e-14).
-torchmetrics' MiFID module takes the minimum the other way round (per real image over the generated
-ones) and uses one set for FID and memorization; we call its helper with the arguments in the
-competition's order (generated first) and keep the training set separate.
+torchmetrics' MiFID module takes the minimum the other way round (per real image over the generated ones) and uses
+one set for FID and memorization. The formulas are written here, in torch, as KID is below: the package's import
+(torchvision, scipy) cost ~3 s of CPU in every process that scored, for two of its private helpers. The tests
+check them against the competition's numpy/scipy code and against those helpers.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-# torchmetrics (with scipy) is imported by the two functions that use it, not here: it costs ~1.5 s, and this
-# module is imported by every training worker and job driver, most of which never compute a score.
-
 EPSILON = 0.1
-
-
-class MetricsUnavailableError(ValueError):
-    """Scoring was asked for where torchmetrics (the `metrics` extra) is not installed: the same on every retry."""
-
-
-def require_metrics() -> None:
-    """Fail before any work, in one line, where a score could not be computed at the end (found, not imported)."""
-    import importlib.util
-    if importlib.util.find_spec("torchmetrics") is None:
-        raise MetricsUnavailableError("FID and MiFID need torchmetrics: pip install 'gan-art[metrics]' (or "
-                                      "torchmetrics and scipy); to train without the in-training score, "
-                                      "--eval-photos 0")
 
 
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +26,11 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    from torchmetrics.image.fid import _compute_fid
-    return float(_compute_fid(mu1, sigma1, mu2, sigma2).clamp_min(0))
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)); the trace of the square root is the sum of
+    the square roots of sigma1 sigma2's eigenvalues (real and >= 0 in exact arithmetic: the real parts are kept)."""
+    mean_term = (mu1 - mu2).square().sum()
+    root_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float((mean_term + (sigma1.trace() + sigma2.trace()) - 2 * root_trace).clamp_min(0))
 
 
 def fid(generated: np.ndarray, real: np.ndarray) -> float:
@@ -50,11 +38,14 @@ def fid(generated: np.ndarray, real: np.ndarray) -> float:
 
 
 def memorization_distance(generated: np.ndarray, train: np.ndarray) -> float:
-    """Raw d: mean over generated rows of the min over training rows of 1 - |cosine similarity|."""
-    from torchmetrics.image.mifid import _compute_cosine_distance
+    """Raw d: mean over generated rows of the min over training rows of 1 - |cosine similarity|, all-zero rows
+    (by their sum, as the evaluator tests them) dropped from both sets."""
     g = torch.as_tensor(np.asarray(generated), dtype=torch.float64)
     t = torch.as_tensor(np.asarray(train), dtype=torch.float64)
-    return float(_compute_cosine_distance(g, t, cosine_distance_eps=float("inf")))
+    g, t = g[g.sum(1) != 0], t[t.sum(1) != 0]
+    g, t = g / g.norm(dim=1, keepdim=True), t / t.norm(dim=1, keepdim=True)
+    distance = 1.0 - (g @ t.T).abs()             # (generated, train)
+    return float(distance.min(dim=1).values.mean())
 
 
 def kid(generated: np.ndarray, real: np.ndarray) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gan.eval.features import MissingWeightsError, extract, find_inception, make_extractor
-from gan.eval.metrics import mifid, require_metrics
+from gan.eval.metrics import mifid
 from gan.io.images import IMAGE_SIZE, decode_image
 from gan.models.inference import Photos, Seeds, infer_numpy
 from gan.models.spec import EncodedImages, ModelSpec
@@ -50,7 +50,6 @@ class InTrainingEval:
 
     def __init__(self, spec: ModelSpec, images: dict[str, EncodedImages], count: int, features: str,
                  device: torch.device, seed: int = 0):
-        require_metrics()  # here, in the workers' setup, not after the first epochs
         self.spec, self.device, self.kind = spec, device, feature_kind(features)
         self.extractor = make_extractor(self.kind).to(device)
         self.inputs = eval_inputs(spec, images, count, seed)

@@ -13,7 +13,6 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, replace
 
-from gan.eval.metrics import require_metrics
 from gan.io.images import BadImageError, decode_image
 from gan.io.sources import read_input, scan_inputs
 from gan.io.storage import StorageError, open_storage, resolve_uri
@@ -151,8 +150,6 @@ def check_settings(settings: TrainSettings) -> TrainSettings:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     check_compile(settings.compile)
     settings.build_model_config()
-    if settings.eval_photos > 0:
-        require_metrics()
     validate_data(settings)
     return settings
 
