@@ -155,7 +155,7 @@ def test_evaluate_a_zip_and_write_report_and_contact_sheet(ray_cluster, demo_dat
     assert same["fid"] < 1e-6 and same["memorization_penalized"]
 
 
-def test_bad_zips_give_clear_errors(ray_cluster, demo_data, tmp_path):
+def test_bad_zips_give_clear_errors(ray_cluster, demo_data, tmp_path, monkeypatch):
     opts = EvalOptions(features="pixels", progress=False)
     real = str(demo_data / "monet_jpg")
     (tmp_path / "nz.zip").write_bytes(b"plain text, not a zip")
@@ -166,6 +166,11 @@ def test_bad_zips_give_clear_errors(ray_cluster, demo_data, tmp_path):
         evaluate(_zip(tmp_path / "txt.zip", {**good, "notes.jpg": b"hello"}), real, None, opts)
     with pytest.raises(SubmissionError, match=r"small.jpg: is 64x64"):
         evaluate(_zip(tmp_path / "size.zip", {**good, "small.jpg": image_bytes(size=(64, 64))}), real, None, opts)
+    import gan.eval.evaluate
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were computed for a zip whose count is out of range")
+    monkeypatch.setattr(gan.eval.evaluate, "run_pipeline", no_features)  # the count fails first, from the listing
     with pytest.raises(SubmissionError, match="3 images, a submission needs 7000"):
         evaluate(_zip(tmp_path / "few.zip", good), real, None, EvalOptions(features="pixels", progress=False,
                                                                             min_images=7000, max_images=10000))
