@@ -141,7 +141,7 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, actor_resources=args.actor_resources,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress,
                         compile=args.compile, device_jpeg=args.device_jpeg, overwrite=args.overwrite,
-                        verify_inputs=args.verify_inputs)
+                        verify_inputs=args.verify_inputs, zip_min_images=args.min_images if args.zip else 0)
 
 
 def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:

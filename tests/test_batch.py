@@ -311,6 +311,13 @@ def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, 
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]  # less Ray's forwarded logs
     assert len(err) == 1 and "5 images, a submission needs 7000 to 10000" in err[0]
     assert not (tmp_path / "strict.zip").exists()
+    # a zip the plan can never fill fails before any work: no output, no manifest, one line
+    few = tmp_path / "few"
+    assert run_main(generate_job.main, ["--checkpoint", dcgan_ckpt, "--count", "5", "--output", str(few),
+                                        "--no-progress", "--zip", str(tmp_path / "few.zip")]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
+    assert len(err) == 1 and "generate: 5 outputs planned, fewer than the 7000 images the zip needs" in err[0]
+    assert not few.exists() or list(few.iterdir()) == []
 
 
 def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tmp_path):
