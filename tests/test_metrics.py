@@ -13,6 +13,7 @@ from gan.eval.features import (FIDELITY_FILE, INCEPTION_SHA1, InceptionFeatures,
 from gan.io.images import decode_image
 from gan.eval.metrics import fid, fid_from_stats, memorization_distance, mifid
 from gan.batch.submission import SubmissionError
+from gan.io.storage import StorageError
 from tests.helpers import image_bytes
 
 
@@ -175,6 +176,8 @@ def test_bad_zips_give_clear_errors(ray_cluster, demo_data, tmp_path, monkeypatc
     with pytest.raises(SubmissionError, match="3 images, a submission needs 7000"):
         evaluate(_zip(tmp_path / "few.zip", good), real, None, EvalOptions(features="pixels", progress=False,
                                                                             min_images=7000, max_images=10000))
+    with pytest.raises(StorageError, match="nowhere"):  # and so does a --photos (for the contact sheet) not there
+        evaluate(_zip(tmp_path / "ok.zip", good), real, None, opts, photos=str(tmp_path / "nowhere"))
 
 
 @pytest.mark.slow

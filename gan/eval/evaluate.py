@@ -19,7 +19,7 @@ from gan.io.images import IMAGE_SIZE, decode_image, to_tensor
 from gan.eval.metrics import mifid
 from gan.io.naming import safe_stem
 from gan.pictures import grid_png
-from gan.io.sources import Rejected, is_zip, read_input, scan_uri
+from gan.io.sources import InputItem, Rejected, is_zip, read_input, scan_uri
 from gan.io.storage import Storage, split_uri
 from gan.batch.submission import SubmissionError, check_count, check_submission_image
 
@@ -131,8 +131,9 @@ def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
     return features_of_sets({label: (uri, strict)}, opts)[label]
 
 
-def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8) -> bytes:
-    """A grid: photos over their stylized versions (matched by name) when photos are given, else samples."""
+def contact_sheet(generated_uri: str, photos: tuple[list[InputItem], Storage] | None = None, n: int = 8) -> bytes:
+    """A grid: photos (their listing: items, storage) over their stylized versions (matched by name) when photos
+    are given, else samples."""
     items, _, storage = scan_uri(generated_uri)
     items = items[:64]
     gen = []
@@ -142,8 +143,8 @@ def contact_sheet(generated_uri: str, photos_uri: str | None = None, n: int = 8)
         except ValueError:
             continue
     pairs = []
-    if photos_uri:
-        p_items, _, p_storage = scan_uri(photos_uri)
+    if photos:
+        p_items, p_storage = photos
         by_stem = {safe_stem(i.name): i for i in p_items}
         for stem, g in gen:
             if stem in by_stem and len(pairs) < n:
@@ -169,6 +170,10 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
     start = time.monotonic()
     storage, report_name, sheet_name = report_location(generated, report_uri)  # a bad place fails first
     extractor = make_extractor(opts.features, opts.inception_weights).name  # missing weights fail here, first
+    photo_listing = None
+    if photos:  # listed now: a bad --photos fails here too, not after the features
+        photo_items, _, photo_storage = scan_uri(photos)
+        photo_listing = (photo_items, photo_storage)
     sets = {"generated": (generated, is_zip(generated)), "real": (real, False)}
     if train and train != real:
         sets["train"] = (train, False)
@@ -187,7 +192,7 @@ def evaluate(generated: str, real: str, train: str | None, opts: EvalOptions, ph
         "seconds": round(time.monotonic() - start, 2),
         "rejected": [{"name": r.name, "reason": r.reason} for r in g_rej + r_rej],
     }
-    storage.write(sheet_name, contact_sheet(generated, photos))
+    storage.write(sheet_name, contact_sheet(generated, photo_listing))
     report["contact_sheet"] = storage.child(sheet_name)
     storage.write(report_name, json.dumps(report, indent=1).encode())
     report["report"] = storage.child(report_name)
