@@ -6,11 +6,11 @@ import sys
 import traceback
 from typing import Callable
 
-from gan.batch.engine import BatchOptions, JobResult, summary_line
+from gan.batch.engine import BatchJob, BatchOptions, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
 from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, open_storage, resolve_uri,
                             set_retry_window)
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, assemble
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -141,14 +141,19 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, actor_resources=args.actor_resources,
                         use_gpu=False if args.cpu else None, progress=not args.no_progress,
                         compile=args.compile, device_jpeg=args.device_jpeg, overwrite=args.overwrite,
-                        verify_inputs=args.verify_inputs, zip_min_images=args.min_images if args.zip else 0)
+                        verify_inputs=args.verify_inputs)
 
 
-def run_batch_job(args: argparse.Namespace, job: Callable[[BatchOptions], JobResult]) -> int:
-    """Run the job (it starts or joins Ray once its inputs are checked), print its summary line, and assemble
-    the zip when --zip is given."""
+def run_batch_job(args: argparse.Namespace, plan: Callable[[BatchOptions], BatchJob]) -> int:
+    """Plan the job, run it (it starts or joins Ray once its inputs are checked), print its summary line, and
+    assemble the zip when --zip is given. A plan with fewer outputs than the zip's minimum fails before the run:
+    the zip after it could only fail."""
     opts = batch_options(args)
-    print(summary_line(job(opts)))
+    job = plan(opts)
+    if args.zip and len(job.plan) < args.min_images:
+        raise SubmissionError(f"{job.name}: {len(job.plan)} outputs planned, fewer than the {args.min_images} images "
+                              "the zip needs (--min-images); nothing was run (lower --min-images, or drop --zip)")
+    print(summary_line(job.run()))
     if args.zip:
         z = assemble(opts.output, args.zip, args.min_images, args.max_images)
         print(f"zip: {z['images']} images -> {z['zip']}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import add_batch_args, parser, run_batch_job, run_main
-from gan.batch.generate import generate
+from gan.batch.generate import generate_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     add_batch_args(p)
     args = p.parse_args(argv)
-    return run_batch_job(args, lambda opts: generate(args.count, args.seed, opts))
+    return run_batch_job(args, lambda opts: generate_job(args.count, args.seed, opts))
 
 
 if __name__ == "__main__":

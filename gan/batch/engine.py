@@ -24,7 +24,6 @@ from gan.batch.device_jpeg import decode_to_device, encode_on_device
 from gan.batch.manifest import (MANIFEST, REPORT, JobMismatchError, check_same_job, clear_outputs, job_manifest,
                                 parse_manifest)
 from gan.batch.pipeline import DecodeStage, ReadStage, Row, WriteStage, actor_plan, run_pipeline
-from gan.batch.submission import SubmissionError
 from gan.checkpoint import CheckpointError, from_bytes
 from gan.io.images import IMAGE_SIZE
 from gan.io.sources import Rejected
@@ -54,7 +53,6 @@ class BatchOptions:
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
     overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
     verify_inputs: bool = False          # digest every local input again, not only those whose file changed
-    zip_min_images: int = 0              # --zip: a plan of fewer outputs than its minimum fails before any work
 
 
 @dataclass
@@ -202,10 +200,6 @@ class BatchJob:
         """Check the job against its output folder and find what is left to do (`todo`); the earlier result when
         this job already finished. Another job's folder is refused unless `overwrite` clears it."""
         opts, out = self.opts, self.opts.output
-        if len(self.plan) < opts.zip_min_images:  # the zip after the run could only fail: fail before it
-            raise SubmissionError(f"{self.name}: {len(self.plan)} outputs planned, fewer than the {opts.zip_min_images}"
-                                  " images the zip needs (--min-images); nothing was run (lower --min-images, or "
-                                  "run without --zip)")
         if opts.device_jpeg and importlib.util.find_spec("torchvision") is None:
             raise ValueError("--device-jpeg needs torchvision (a dependency of this project: pip install -e .)")
         self.started = time.time()
