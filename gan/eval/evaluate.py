@@ -79,14 +79,14 @@ def features_of_sets(sets: dict[str, tuple[str, bool]], opts: EvalOptions
     run of the shared batch pipeline: one pool of feature actors, so the extractor loads once, not once a set.
 
     `strict`: the set is a submission zip, so every member must be a 256x256 RGB JPEG and the count in range
-    (checked in the order of `sets`; a count out of range, or a member refused by its listing, before any
-    features)."""
+    (checked in the order of `sets`: the count from the listing, before any features; the members as they are
+    decoded, where any bad one fails the set, so a passing set's count is its listing's)."""
     rows: list[Row] = []
     starts, stages, rejected = [], [], {}
     for label, (uri, strict) in sets.items():
         items, rejected[label], storage = scan_uri(uri)  # every set is listed (and a bad one refused) first
         if strict:
-            _check_submission(uri, rejected[label], len(items), opts)
+            check_count(len(items), uri, opts.min_images, opts.max_images)
         starts.append(len(rows))
         stages.append(DecodeStage(storage, IMAGE_SIZE, check_submission_image if strict else None))
         rows += [Row(i.name, starts[-1] + n, item=i) for n, i in enumerate(items)]
@@ -108,21 +108,15 @@ def features_of_sets(sets: dict[str, tuple[str, bool]], opts: EvalOptions
                 feats[label].append(f)
     found = {}
     for label, (uri, strict) in sets.items():
-        if strict:
-            _check_submission(uri, rejected[label], len(names[label]), opts)
+        if strict and rejected[label]:
+            first = "; ".join(r.reason for r in rejected[label][:3])
+            raise SubmissionError(f"{uri}: {len(rejected[label])} invalid images ({first})")
         if len(names[label]) < 2:
             raise ValueError(f"{uri}: need at least 2 readable images, found {len(names[label])}")
         order = np.argsort(names[label])
         found[label] = ([names[label][i] for i in order], np.stack(feats[label])[order],
                         sorted(rejected[label], key=lambda r: r.name))
     return found
-
-
-def _check_submission(uri: str, rejected: list[Rejected], count: int, opts: EvalOptions) -> None:
-    if rejected:
-        first = "; ".join(r.reason for r in rejected[:3])
-        raise SubmissionError(f"{uri}: {len(rejected)} invalid images ({first})")
-    check_count(count, uri, opts.min_images, opts.max_images)
 
 
 def features_of(uri: str, opts: EvalOptions, label: str, strict: bool = False
