@@ -105,12 +105,13 @@ def test_verify_inputs_sees_a_change_that_kept_size_mtime_and_inode(ckpt, tmp_pa
     assert len(digests) == 1000
 
 
-def test_the_manifest_is_written_as_json_writes_its_dict_and_fingerprinted_as_before():
+def test_the_manifest_is_written_as_json_writes_its_dict_and_fingerprinted_as_before(monkeypatch):
     """The manifest's per-output entries are streamed into its bytes, never held as dicts: the bytes and the
     fingerprint are still those of json.dumps on the whole dict, so folders written before stay the same job."""
     import hashlib
     import json
 
+    from gan.batch import manifest
     from gan.batch.manifest import IMAGE_POLICY, job_manifest
     from gan.batch.pipeline import Row
     from gan.io.sources import InputItem
@@ -135,9 +136,46 @@ def test_the_manifest_is_written_as_json_writes_its_dict_and_fingerprinted_as_be
              "input_stats": stats}
     assert m.encode() == json.dumps(whole, indent=1, sort_keys=True).encode()
     assert json.loads(m.encode()) == m.as_dict() == whole
+    monkeypatch.setattr(manifest, "BLOCK", 64)  # what is written and compared block by block: the same bytes
+    assert len(list(m.blocks())) > 3 and b"".join(m.blocks()) == json.dumps(whole, indent=1, sort_keys=True).encode()
     no_items = job_manifest("generate", "dcgan", b"w", plan[-1:], {"count": 1}, {})
     assert "input_stats" not in json.loads(no_items.encode())
     assert no_items.encode() == json.dumps(no_items.as_dict(), indent=1, sort_keys=True).encode()
+
+
+def test_a_rerun_compares_the_manifest_block_by_block_and_never_reads_it_whole(ckpt, tmp_path, digests, monkeypatch):
+    """The folder's manifest is compared with the job's a block at a time (at 1,000,000 inputs each is ~210 MB):
+    the check of a rerun of the same job reads it only in ranges and leaves it as it was; a changed stat, a change
+    near its end or a byte more is seen (the same job: written again), and one cut short is refused as unreadable."""
+    from gan.batch import manifest
+    monkeypatch.setattr(manifest, "BLOCK", 4096)
+    src, out = _inputs(tmp_path / "in", 300), tmp_path / "out"
+    _plan(ckpt, src, out)
+    path = out / MANIFEST
+    written, stamp = path.read_bytes(), path.stat().st_mtime_ns
+    assert len(written) > 10 * 4096
+    job = stylize_job(str(src), BatchOptions(checkpoint=ckpt, output=open_storage(str(out)), progress=False))
+    whole: list[str] = []
+    read = LocalStorage.read
+    monkeypatch.setattr(LocalStorage, "read", lambda self, key: whole.append(key) or read(self, key))
+    assert job.resume() is None  # the check against the folder (the planning read the stats section before)
+    assert MANIFEST not in whole and path.stat().st_mtime_ns == stamp  # compared in ranges, not rewritten
+    monkeypatch.setattr(LocalStorage, "read", read)
+
+    def one_digit_changed(at: int) -> bytes:  # the same size, still JSON
+        return written[:at] + bytes([48 + (written[at] - 47) % 10]) + written[at + 1:]
+    entry = b'"photo-00299.jpg": [\n   "'
+    stat = written.index(entry, written.index(b'"input_stats"')) + len(entry)  # the last input's size:mtime:inode
+    tag = written.rindex(b'"\n  ]') - 1  # the last character of the last output's tag
+    for damaged, read_again in ((one_digit_changed(stat), ["photo-00299.jpg"]),  # its stat: digested again
+                                (one_digit_changed(tag), []), (written + b"\n", [])):
+        path.write_bytes(damaged)
+        digests.clear()
+        _plan(ckpt, src, out)
+        assert path.read_bytes() == written and digests == read_again
+    path.write_bytes(written[:-1])
+    with pytest.raises(JobMismatchError, match="unreadable"):
+        _plan(ckpt, src, out)
 
 
 def test_a_rerun_parses_only_the_input_stats_of_the_manifest_and_any_other_layout_whole(tmp_path):

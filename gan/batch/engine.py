@@ -207,24 +207,24 @@ class BatchJob:
         data, kind = self._checkpoint()
         manifest = job_manifest(self.name, kind, data, self.plan, self.settings, self.extra)
         self.fingerprint = manifest.fingerprint
-        encoded = manifest.encode()
         planned = [row.out for row in self.plan]
         existing = set(out.list())
-        current = out.read(MANIFEST) if out.exists(MANIFEST) else None
         # a folder whose manifest is byte for byte this job's is this job: no need to parse it (at 100,000 inputs
-        # the parsed manifest is ~80 MB of the driver's memory)
-        old = manifest if current == encoded else parse_manifest(current)
+        # the parsed manifest is ~80 MB of the driver's memory), nor to hold its bytes (21 MB) beside this job's
+        same = manifest.is_in(out)
+        old = manifest if same else parse_manifest(out.read(MANIFEST) if out.exists(MANIFEST) else None)
         if opts.overwrite:
             if clear_outputs(out, old, planned, existing):
-                existing, current = set(out.list()), None
+                existing, same = set(out.list()), False
         else:
             check_same_job(out, old, manifest, planned, existing)
             done = finished_report(out, self.fingerprint, self.plan, existing)
             if done is not None:
                 return JobResult(done, skipped_run=True)
-        del old, manifest
-        if current != encoded:
-            out.write(MANIFEST, encoded)
+        del old
+        if not same:
+            manifest.write_to(out)
+        del manifest
         self.todo = [row for row in self.plan if row.out not in existing]
         return None
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -23,6 +24,7 @@ REPORT = "_report.json"
 IMAGE_POLICY = {"size": IMAGE_SIZE, "mode": "RGB", "crop": "centre square", "resize": "lanczos",
                 "format": "JPEG", "quality": 95}
 SHOWN = 5  # names listed in a difference
+BLOCK = 1 << 20  # the manifest is written and compared in blocks of about this many bytes
 
 
 class JobMismatchError(ValueError):
@@ -51,7 +53,12 @@ class JobManifest:
         return {**self.head, "outputs": self.outputs(), **({"input_stats": stats} if stats else {})}
 
     def encode(self) -> bytes:
-        """The file's bytes: exactly `json.dumps(self.as_dict(), indent=1, sort_keys=True)`, streamed."""
+        """The file's bytes: exactly `json.dumps(self.as_dict(), indent=1, sort_keys=True)`."""
+        return b"".join(self.blocks())
+
+    def blocks(self) -> Iterator[bytes]:
+        """The file's bytes in blocks of about BLOCK, each made when asked for: at 1,000,000 inputs the file is
+        ~210 MB, which the driver need not hold to write it or to compare it with the folder's."""
         present = {name: entries for name, entries in (("outputs", self.entries),
                                                        ("input_stats", _stat_entries(self.plan))) if entries}
         text = json.dumps({**self.head, "outputs": {}, **{name: f"\0{name}\0" for name in present}}, indent=1,
@@ -66,8 +73,29 @@ class JobManifest:
             for i, (key, entry) in enumerate(present[name]):
                 items = ",".join(f"\n   {_json(v)}" for v in entry)
                 buf.write(f'{"," if i else ""}\n  {_json(key)}: [{items}\n  ]'.encode())
+                if buf.tell() >= BLOCK:
+                    yield buf.getvalue()
+                    buf = io.BytesIO()
             buf.write(b"\n }")
-        return buf.getvalue()
+        yield buf.getvalue()
+
+    def write_to(self, storage: Storage) -> None:
+        """Write the folder's manifest (atomically, as every write), a block at a time."""
+        with storage.open_write(MANIFEST) as f:
+            for block in self.blocks():
+                f.write(block)
+
+    def is_in(self, storage: Storage) -> bool:
+        """Whether the folder's manifest is byte for byte this one, compared a block at a time (neither file is
+        held whole) and stopping at the first block that differs."""
+        if not storage.exists(MANIFEST):
+            return False
+        size, at = storage.size(MANIFEST), 0
+        for block in self.blocks():
+            if at + len(block) > size or storage.read_range(MANIFEST, at, len(block)) != block:
+                return False
+            at += len(block)
+        return at == size
 
 
 _SECTION = re.compile(r'("\\u0000(?:outputs|input_stats)\\u0000")')  # a section's place in the small part's JSON
