@@ -193,3 +193,21 @@ def test_a_rerun_parses_only_the_input_stats_of_the_manifest_and_any_other_layou
     assert known_inputs(LocalStorage(str(tmp_path))) == {}
     (tmp_path / MANIFEST).unlink()
     assert known_inputs(LocalStorage(str(tmp_path))) == {}
+
+
+def test_naming_a_difference_or_zipping_parses_the_manifest_without_its_input_stats():
+    """The input stats are most of a local job's manifest and only a rerun's planning reads them: the parse that
+    names what differs (or lists what to zip) leaves them out when it finds them as we write them; any other
+    layout is parsed whole."""
+    import json
+
+    from gan.batch.manifest import parse_manifest
+    whole = {"fingerprint": "f", "input": "in", "input_stats": {"a.jpg": ["10:1:1", "b2:aa"], "b.jpg": ["1:2:3", "x"]},
+             "job": "stylize", "outputs": {"a.jpg": ["a.jpg", 10, "b2:aa"]}, "settings": {"seed": 0}}
+    ours = json.dumps(whole, indent=1, sort_keys=True).encode()
+    assert parse_manifest(ours) == whole
+    assert parse_manifest(ours, stats=False) == {**whole, "input_stats": {}}
+    other = json.dumps(whole).encode()
+    assert parse_manifest(other, stats=False) == whole
+    assert parse_manifest(ours[:-5], stats=False) == {"unreadable": True}
+

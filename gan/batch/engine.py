@@ -212,7 +212,10 @@ class BatchJob:
         # a folder whose manifest is byte for byte this job's is this job: no need to parse it (at 100,000 inputs
         # the parsed manifest is ~80 MB of the driver's memory), nor to hold its bytes (21 MB) beside this job's
         same = manifest.is_in(out)
-        old = manifest if same else parse_manifest(out.read(MANIFEST) if out.exists(MANIFEST) else None)
+        if same:
+            old = manifest
+        else:  # another job's, or this one's written before (a stat changed, another layout): parsed to compare
+            old = parse_manifest(out.read(MANIFEST) if out.exists(MANIFEST) else None, stats=False)
         if opts.overwrite:
             if clear_outputs(out, old, planned, existing):
                 existing, same = set(out.list()), False

@@ -48,7 +48,7 @@ class JobManifest:
         return dict(self.entries)
 
     def as_dict(self) -> dict:
-        """The whole manifest as a dict (what the file says): for naming what differs from another job's."""
+        """The whole manifest as a dict: what the file says (`blocks` writes its JSON without building it)."""
         stats = dict(_stat_entries(self.plan))
         return {**self.head, "outputs": self.outputs(), **({"input_stats": stats} if stats else {})}
 
@@ -176,35 +176,48 @@ def known_inputs(storage: Storage) -> dict[str, tuple[str, str]]:
     return {k: (v[0], v[1]) for k, v in stats.items() if isinstance(v, list) and len(v) == 2}
 
 
-def _section(data: bytes, name: str):
-    """One top-level section of a manifest's bytes, parsed alone, or None when it is not found as
-    JobManifest.encode writes it (a newline and one space before its name; it ends at the first newline, space,
-    brace: JSON strings hold no raw newline)."""
+def _section_bounds(data: bytes, name: str) -> tuple[int, int] | None:
+    """Where a top-level section's value (from its `{` to its `}`) lies in a manifest's bytes, or None when it is
+    not found as JobManifest.blocks writes it (a newline and one space before its name; it ends at the first
+    newline, space, brace: JSON strings hold no raw newline)."""
     head = f'\n "{name}": {{'.encode()
     start = data.find(head)
     end = data.find(b"\n }", start + 1) if start >= 0 else -1
-    if end < 0:
+    return (start + len(head) - 1, end + 3) if end >= 0 else None
+
+
+def _section(data: bytes, name: str):
+    """One top-level section of a manifest's bytes, parsed alone, or None when it is not found."""
+    bounds = _section_bounds(data, name)
+    if bounds is None:
         return None
     try:
-        return json.loads(data[start + len(head) - 1:end + 3])
+        return json.loads(data[bounds[0]:bounds[1]])
     except ValueError:
         return None
 
 
 def read_manifest(storage: Storage) -> dict | None:
-    """The folder's manifest, or None when it has none; one that cannot be read counts as another job's."""
+    """The folder's manifest without its input stats, or None when it has none; one that cannot be read counts as
+    another job's."""
     if not storage.exists(MANIFEST):
         return None
     try:
-        return parse_manifest(storage.read(MANIFEST))
+        return parse_manifest(storage.read(MANIFEST), stats=False)
     except StorageError:
         return {"unreadable": True}
 
 
-def parse_manifest(data: bytes | None) -> dict | None:
-    """A manifest's bytes as a dict (None for no manifest); bytes that are not one count as another job's."""
+def parse_manifest(data: bytes | None, stats: bool = True) -> dict | None:
+    """A manifest's bytes as a dict (None for no manifest); bytes that are not one count as another job's.
+    `stats=False` leaves the input stats out of the parse (most of a local job's manifest, and ~4x its bytes once
+    parsed: naming what differs and zipping the outputs never read them)."""
     if data is None:
         return None
+    bounds = None if stats else _section_bounds(data, "input_stats")
+    if bounds is not None:  # joined from views: no copy of the rest before the one the join makes
+        view = memoryview(data)
+        data = b"".join((view[:bounds[0]], b"{}", view[bounds[1]:]))
     try:
         manifest = json.loads(data)
     except ValueError:
@@ -220,19 +233,20 @@ def _names(items: list[str]) -> str:
     return ", ".join(sorted(items)[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
 
 
-def differences(old: dict, new: dict) -> list[str]:
+def differences(old: dict, new: JobManifest) -> list[str]:
     """What makes `new` another job than `old`, in words: changed settings, then changed, added, removed inputs."""
     if "settings" not in old:
         return ["written by an older version, without a job contract"]
     out = []
-    for key in sorted(set(old["settings"]) | set(new["settings"])):
-        a, b = old["settings"].get(key), new["settings"].get(key)
+    settings = new.head["settings"]
+    for key in sorted(set(old["settings"]) | set(settings)):
+        a, b = old["settings"].get(key), settings.get(key)
         if a != b:
             label = "checkpoint" if key == "checkpoint_sha256" else key.replace("_", " ")
             short = (lambda v: str(v)[:12]) if key == "checkpoint_sha256" else str
             out.append(f"{label} {short(a)} -> {short(b)}")
     before = {_entry(v)[0]: _entry(v)[1:] for v in old["outputs"].values()}
-    after = {_entry(v)[0]: _entry(v)[1:] for v in new["outputs"].values()}
+    after = {entry[0]: entry[1:] for _, entry in new.entries}
     changed = [n for n in after if n in before and before[n] != after[n]]
     for what, names in (("changed", changed), ("added", [n for n in after if n not in before]),
                         ("removed", [n for n in before if n not in after])):
@@ -254,7 +268,7 @@ def check_same_job(storage: Storage, old: dict | JobManifest | None, new: JobMan
         return
     if old is new or old.get("fingerprint") == new.fingerprint:
         return
-    what = "; ".join(differences(old, new.as_dict())) if "unreadable" not in old else f"its {MANIFEST} is unreadable"
+    what = "; ".join(differences(old, new)) if "unreadable" not in old else f"its {MANIFEST} is unreadable"
     raise JobMismatchError(f"{storage.uri}: holds a different {old.get('job', 'batch')} job ({what}); {hint}")
 
 
