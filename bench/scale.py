@@ -11,7 +11,8 @@ run them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes 
 into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to
 read: images/s at N against images/s at the smallest N (flat per-image cost), (planning + report + zip) / run, and
 the RSS growth. --plan-only plans each job twice (the first run, then a resumed one) and runs no model: the
-driver's planning cost and memory at N where running N images would take hours (1,000,000).
+driver's planning cost and memory at N where running N images would take hours (1,000,000); for a local folder also
+a rerun that finds one input changed (refused, naming it).
 """
 from __future__ import annotations
 
@@ -145,11 +146,45 @@ def plan_only(mode: str, source: str, out: str, checkpoint: str, count: int) -> 
             "manifest_mb": len(opts.output.read("_manifest.json")) / 1e6}
 
 
+def refused(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
+    """A rerun that finds one input's bytes changed: planned, then refused, naming it (--plan-only, local)."""
+    from gan.batch.engine import BatchOptions, JobMismatchError
+    from gan.batch.stylize import stylize_job
+    from gan.io.storage import open_storage
+    opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
+    t0 = time.perf_counter()
+    job = stylize_job(source, opts)
+    t_plan = time.perf_counter()
+    try:
+        job.resume()
+    except JobMismatchError as e:
+        assert "1 input changed" in str(e), e
+    else:
+        raise AssertionError("a changed input was not seen")
+    return {"plan_s": t_plan - t0, "refuse_s": time.perf_counter() - t_plan, "rss_mib": peak_rss_mib()}
+
+
 def measure(mode: str, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
     """The job, then its rerun, each in a fresh process; None (and its error printed) when one failed."""
     first = _step("--one", mode, source, out, checkpoint, n, env)
     again = _step("--rerun", mode, source, out, checkpoint, n, env) if first else None
     return {**first, **again} if again else None
+
+
+def _changed_rerun(inputs: Path, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
+    """The middle input's link replaced by a copy with one byte changed, the job planned again (refused), the link
+    put back: the cache itself is never touched."""
+    link = inputs / sorted(os.listdir(inputs))[n // 2]
+    target = os.readlink(link)
+    data = bytearray(Path(target).read_bytes())
+    data[-3] ^= 1
+    link.unlink()
+    link.write_bytes(bytes(data))
+    try:
+        return _step("--refused", "local", source, out, checkpoint, n, env)
+    finally:
+        link.unlink()
+        os.symlink(target, link)
 
 
 def _step(step: str, mode: str, source: str, out: str, checkpoint: str, n: int, env: dict) -> dict | None:
@@ -174,8 +209,9 @@ def main() -> int:
     p.add_argument("--plan-only", action="store_true",
                    help="plan each job twice (the first run, then a resumed run), no model run: the driver's cost")
     p.add_argument("--plan", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--refused", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    step = {"one": one, "rerun": rerun, "plan": plan_only}
+    step = {"one": one, "rerun": rerun, "plan": plan_only, "refused": refused}
     for name, fn in step.items():
         if getattr(args, name):
             mode, source, out, checkpoint, n = getattr(args, name)
@@ -208,11 +244,15 @@ def main() -> int:
             checkpoint = str(work / ("d.pt" if mode == "generate" else "g.pt"))
             if args.plan_only:
                 plans = [_step("--plan", mode, source, out, checkpoint, n, env) for _ in ("first", "resumed")]
+                changed = _changed_rerun(inputs, source, out, checkpoint, n, env) if mode == "local" else None
                 if None not in plans:
                     print(f"{mode:8s} N={n:>9,}: plan only: first {plans[0]['plan_s']:7.2f} s (scan "
                           f"{plans[0]['scan_s']:.2f}) RSS {plans[0]['rss_mib']:.0f} MiB; resumed "
                           f"{plans[1]['plan_s']:7.2f} s (scan {plans[1]['scan_s']:.2f}) RSS {plans[1]['rss_mib']:.0f} "
-                          f"MiB; manifest {plans[1]['manifest_mb']:.2f} MB", flush=True)
+                          f"MiB; manifest {plans[1]['manifest_mb']:.2f} MB" + (
+                              f"; one input changed: plan {changed['plan_s']:.2f} s, refused in "
+                              f"{changed['refuse_s']:.2f} s, RSS {changed['rss_mib']:.0f} MiB" if changed else ""),
+                          flush=True)
                 continue
             r = measure(mode, source, out, checkpoint, n, env)
             if r is None:
