@@ -211,11 +211,12 @@ class BatchJob:
         existing = set(out.list())
         # a folder whose manifest is byte for byte this job's is this job: no need to parse it (at 100,000 inputs
         # the parsed manifest is ~80 MB of the driver's memory), nor to hold its bytes (21 MB) beside this job's
-        same = manifest.is_in(out)
+        present = MANIFEST in existing  # the listing says so: no request of its own
+        same = present and manifest.is_in(out)
         if same:
             old = manifest
         else:  # another job's, or this one's written before (a stat changed, another layout): parsed to compare
-            old = parse_manifest(out.read(MANIFEST) if out.exists(MANIFEST) else None, stats=False)
+            old = parse_manifest(out.read(MANIFEST) if present else None, stats=False)
         if opts.overwrite:
             if clear_outputs(out, old, planned, existing):
                 existing, same = set(out.list()), False

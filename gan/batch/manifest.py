@@ -86,10 +86,8 @@ class JobManifest:
                 f.write(block)
 
     def is_in(self, storage: Storage) -> bool:
-        """Whether the folder's manifest is byte for byte this one, compared a block at a time (neither file is
-        held whole) and stopping at the first block that differs."""
-        if not storage.exists(MANIFEST):
-            return False
+        """Whether the folder's manifest (it has one) is byte for byte this one, compared a block at a time (neither
+        file is held whole) and stopping at the first block that differs."""
         size, at = storage.size(MANIFEST), 0
         for block in self.blocks():
             if at + len(block) > size or storage.read_range(MANIFEST, at, len(block)) != block:
