@@ -3,15 +3,17 @@ inputs, N = 1,000, 10,000, 100,000 (1,000,000 with --max), with a tiny generator
 measured.
 
 python bench/scale.py [--counts 1000,10000,100000] [--max] [--modes local,s3,generate] [--cache DIR] [--plan-only]
+                      [--s3rver PATH]
 
 Per N and mode it prints: planning (listing, tagging, manifest: everything before the first image moves), the run,
 report + zip, images/s of the run, the driver's peak RSS, the manifest's size, and a rerun that finds the job
-complete. The job (with its zip) and its rerun each run in their own process (a fresh driver, as a user would
-run them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them to 256x256 anyway), made once
-into --cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts. Ratios to
-read: images/s at N against images/s at the smallest N (flat per-image cost), (planning + report + zip) / run, and
-the RSS growth. --plan-only plans each job twice (the first run, then a resumed one) and runs no model: the
-driver's planning cost and memory at N where running N images would take hours (1,000,000); for a local folder also
+complete. The job (with its zip) and its rerun each run in their own process (a fresh driver, as a user would run
+them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them to 256x256 anyway), made once into
+--cache and reused; S3 inputs are uploaded to a moto server on 127.0.0.1 that the bench starts (or to s3rver with
+--s3rver, several times faster: see bench/s3_server.py). Ratios to read: images/s at N against images/s at the
+smallest N (flat per-image cost), (planning + report + zip) / run, and the RSS growth. --plan-only plans each job
+twice (the first run, then a resumed one) and runs no model: the driver's planning cost and memory at N where
+running N images would take hours (1,000,000); for a local folder also
 a rerun that finds one input changed (refused, naming it).
 """
 from __future__ import annotations
@@ -209,6 +211,7 @@ def main() -> int:
     p.add_argument("--plan-only", action="store_true",
                    help="plan each job twice (the first run, then a resumed run), no model run: the driver's cost")
     p.add_argument("--plan", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--s3rver", help="s3rver's executable (npm install s3rver@3.7.1): the S3 rows on it, not moto")
     p.add_argument("--refused", nargs=5, metavar=("MODE", "SOURCE", "OUT", "CHECKPOINT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     step = {"one": one, "rerun": rerun, "plan": plan_only, "refused": refused}
@@ -225,8 +228,8 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     server = None
     if "s3" in modes:
-        from bench.moto_server import start_moto_server
-        server, aws = start_moto_server("scale")
+        from bench.s3_server import start_s3_server
+        server, aws = start_s3_server("scale", args.s3rver)
         env.update(aws)
     rows = []
     for n in counts:

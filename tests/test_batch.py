@@ -266,34 +266,42 @@ def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
         (k, (folder / k).read_bytes()) for k in good]
 
 
-def test_a_large_local_zip_is_checked_in_processes_in_order(tmp_path, monkeypatch):
-    """A large local folder is read and checked in processes, chunk by chunk: the same entries, in order, the same
-    zip bytes as the serial check; the first bad image (or a missing one) is raised at its key, after the good ones
-    before it."""
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_large_zip_is_checked_in_processes_in_order(where, tmp_path, monkeypatch, request):
+    """A large folder, local or on S3, is read and checked in processes, chunk by chunk (from S3 with GETs in flight
+    in each): the same entries, in order, the same zip bytes as the serial check; the first bad image (or a missing
+    one) is raised at its key, after the good ones before it."""
     from gan.batch import submission
-    folder = tmp_path / "styled"
-    folder.mkdir()
+    if where == "s3":
+        s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("bucket")
+        storage = open_storage(f"s3://{bucket}/styled")
+        put = lambda key, data: s3.put_object(Bucket=bucket, Key=f"styled/{key}", Body=data)  # noqa: E731
+    else:
+        folder = tmp_path / "styled"
+        folder.mkdir()
+        storage = open_storage(str(folder))
+        put = lambda key, data: (folder / key).write_bytes(data)  # noqa: E731
     keys = [f"{i:02d}.jpg" for i in range(9)]
-    for i, key in enumerate(keys):
-        (folder / key).write_bytes(image_bytes(seed=i))
-    storage = open_storage(str(folder))
+    written = {key: image_bytes(seed=i) for i, key in enumerate(keys)}
+    for key, data in written.items():
+        put(key, data)
     monkeypatch.setattr(submission, "PROCESS_CHUNK", 2)  # chunk boundaries inside this small folder
-    assert list(checked_images(storage, keys, processes=2)) == [(k, (folder / k).read_bytes()) for k in keys]
+    assert list(checked_images(storage, keys, processes=2)) == [(k, written[k]) for k in keys]
     assemble(storage, str(tmp_path / "serial.zip"), min_images=1)
     monkeypatch.setattr(submission, "PROCESSES_FROM", 1)
     in_processes = []
     checked = submission._checked_in_processes
     monkeypatch.setattr(submission, "_checked_in_processes", lambda *a: in_processes.append(a[2]) or checked(*a))
     assemble(storage, str(tmp_path / "processes.zip"), min_images=1)
-    assert in_processes == [submission.checking_processes()]  # a local folder's storage reads in processes
+    assert in_processes == [submission.checking_processes()]  # both storages read a large folder in processes
     assert (tmp_path / "processes.zip").read_bytes() == (tmp_path / "serial.zip").read_bytes()
-    (folder / "05.jpg").write_bytes(image_bytes(size=(64, 64)))
-    (folder / "07.jpg").write_bytes(b"not a jpeg")
+    put("05.jpg", image_bytes(size=(64, 64)))
+    put("07.jpg", b"not a jpeg")
     seen = []
     with pytest.raises(SubmissionError, match="05.jpg: is 64x64"):
         seen.extend(k for k, _ in checked_images(storage, keys, processes=2))
     assert seen == keys[:5]
-    with pytest.raises(StorageError, match="no such file"):
+    with pytest.raises(StorageError, match="missing.jpg: no such"):
         list(checked_images(storage, keys[:3] + ["missing.jpg"], processes=2))
 
 

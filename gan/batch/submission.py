@@ -2,8 +2,8 @@
 
 Images are streamed from storage into the zip in name order (stored, not deflated: JPEG does not compress
 further), read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a
-local folder in 2 threads, or in one process per core for a large folder: the check is CPU work, mostly under the
-GIL), so memory stays flat at any count; the zip appears at its target only when whole (a local rename, or an S3
+local folder in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU
+work, mostly under the GIL), so memory stays flat at any count; the zip appears at its target only when whole (a local rename, or an S3
 upload, multipart when large). The same images give the same zip, byte for byte, whenever it is assembled: each
 entry carries a fixed date, not the clock's.
 """
@@ -28,9 +28,9 @@ from gan.io.storage import Storage, StorageError, split_uri
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
 ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries do not record when they were written
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
-# A folder of at least this many images, in storage whose `reads_in_processes` (a local one), is checked in
-# processes: each starts a Python that imports the entrypoint's modules (~2-4 s), paid back from ~20,000 images
-# (a serial check is ~0.4 ms per image).
+# A folder of at least this many images, in storage whose `reads_in_processes`, is checked in processes: each
+# starts a Python that imports the entrypoint's modules (~2-4 s), paid back from ~20,000 images (a serial check is
+# ~0.4 ms per image, a GET from S3 ~1-3 ms of boto3's CPU).
 PROCESSES_FROM = 20_000
 PROCESS_CHUNK = 128  # keys per task: one round trip per chunk, ~4 MB of photos
 
@@ -102,8 +102,8 @@ def checking_processes() -> int:
 def checked_images(storage: Storage, keys: list[str], ahead: int = 0,
                    processes: int = 0) -> Iterator[tuple[str, bytes]]:
     """(key, bytes) of each key, in order, each read and checked as a submission image; with `ahead`, up to that
-    many keys are read (in threads) before their turn; with `processes` (a local folder), keys are read and checked
-    in that many processes instead, in chunks. The first error (a bad image, storage down) is raised at its key, in
+    many keys are read (in threads) before their turn; with `processes`, keys are read and checked in that many
+    processes instead, in chunks (each with the storage's `process_read_ahead` reads in flight). The first error (a bad image, storage down) is raised at its key, in
     order."""
     if processes:
         yield from _checked_in_processes(storage, keys, processes)
@@ -153,8 +153,8 @@ def _read_checked_chunk(storage: Storage, keys: list[str]) -> tuple[list[bytes],
     """In a checking process: the bytes of each key, in order, up to the first bad one, and its error."""
     datas = []
     try:
-        for key in keys:
-            datas.append(read_checked(storage, key))
+        for _, data in checked_images(storage, keys, storage.process_read_ahead):
+            datas.append(data)
     except (SubmissionError, StorageError) as e:
         return datas, e
     return datas, None

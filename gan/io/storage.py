@@ -133,6 +133,7 @@ class Storage(Protocol):
     uri: str
     read_ahead: int  # reads worth having in flight at once when reading many keys (each waits on the network)
     reads_in_processes: bool  # reading and checking many keys is CPU work (one process per core pays), not waiting
+    process_read_ahead: int  # reads in flight within each such process
 
     def list(self, prefix: str = "") -> list[str]: ...
     def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -162,6 +163,7 @@ class LocalStorage:
     root: str
     read_ahead = 2  # a local read does not wait, but the zip's check decodes in the reading thread without the GIL
     reads_in_processes = True  # the check is Pillow under the GIL: 2 threads lost to serial, processes won 1.6x
+    process_read_ahead = 1
 
     @property
     def uri(self) -> str:
@@ -307,7 +309,10 @@ class S3Storage:
     retry_window_s: float = field(default_factory=lambda: RETRY_WINDOW_S)  # the creator's, carried to workers
     endpoint: str | None = field(default_factory=s3_endpoint)  # likewise: workers talk to the driver's endpoint
     read_ahead = 16  # a GET waits tens of ms for its first byte: 16 in flight hide that
-    reads_in_processes = False  # on moto, 2 processes of 8 threads read slower than 16 threads (docs/scaling.md)
+    # boto3 spends ~1-3 ms of CPU per GET (signing, HTTP, parsing), most of it under the GIL: one process reads back
+    # ~700 images/s at most on a fast core, whatever the threads; processes, each with its own GETs in flight, add up
+    reads_in_processes = True
+    process_read_ahead = 8
 
     @property
     def uri(self) -> str:
