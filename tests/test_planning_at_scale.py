@@ -179,21 +179,37 @@ def test_a_rerun_compares_the_manifest_block_by_block_and_never_reads_it_whole(c
         _plan(ckpt, src, out)
 
 
-def test_a_rerun_parses_only_the_input_stats_of_the_manifest_and_any_other_layout_whole(tmp_path):
+def test_a_rerun_reads_the_input_stats_entry_by_entry_and_any_other_layout_whole(tmp_path, monkeypatch):
+    """A rerun's known inputs come from the manifest's input stats, read entry by entry as the sorted listing asks
+    for them (our layout) or parsed whole (any other); a key asked for out of order, an entry that is not one as we
+    write it and what follows it, or a manifest cut short, are not known (their files are digested again)."""
     import json
 
+    from gan.batch import manifest
     from gan.batch.manifest import known_inputs
-    stats = {"a.jpg": ["10:1:1", "b2:aa"], 'q"\\.jpg': ["11:2:2", "b2:bb"]}
+    monkeypatch.setattr(manifest, "BLOCK", 40)  # parsed in chunks of about that many bytes: boundaries inside
+    stats = {"a.jpg": ["10:1:1", "b2:aa"], "b/\u00e9.jpg": ["12:3:3", "b2:cc"], 'q"\\.jpg': ["11:2:2", "b2:bb"],
+             "z.jpg": ["13:4:4", "b2:dd"]}  # keys that json escapes: a non-ASCII letter, a quote, a backslash
     whole = {"job": "stylize", "fingerprint": "f", "outputs": {"a.jpg": ["a.jpg", 10, "b2:aa"]}, "input_stats": stats,
              "settings": {"seed": 0}}
-    expected = {k: (v[0], v[1]) for k, v in stats.items()}
+    keys = sorted(stats)
+    expected = [(k, (stats[k][0], stats[k][1])) for k in keys]
     for layout in ({"indent": 1, "sort_keys": True}, {}, {"indent": 1}):  # ours, then others: parsed whole
         (tmp_path / MANIFEST).write_text(json.dumps(whole, **layout))
-        assert known_inputs(LocalStorage(str(tmp_path))) == expected, layout
+        known = known_inputs(LocalStorage(str(tmp_path)))
+        assert [(k, known.get(k)) for k in ["0.jpg"] + keys] == [("0.jpg", None)] + expected, layout
+    ours = json.dumps(whole, indent=1, sort_keys=True)
+    (tmp_path / MANIFEST).write_text(ours)
+    known = known_inputs(LocalStorage(str(tmp_path)))
+    assert known.get(keys[2]) == expected[2][1] and known.get(keys[0]) is None  # out of order: not known
+    damaged = ours.replace('"12:3:3"', "12")  # the second entry is not one as we write it
+    (tmp_path / MANIFEST).write_text(damaged)
+    known = known_inputs(LocalStorage(str(tmp_path)))
+    assert [known.get(k) for k in keys] == [expected[0][1], None, None, None]
     (tmp_path / MANIFEST).write_text('{\n "input_stats": {\n  "a.jpg": [')  # cut short: nothing known
-    assert known_inputs(LocalStorage(str(tmp_path))) == {}
+    assert known_inputs(LocalStorage(str(tmp_path))).get("a.jpg") is None
     (tmp_path / MANIFEST).unlink()
-    assert known_inputs(LocalStorage(str(tmp_path))) == {}
+    assert known_inputs(LocalStorage(str(tmp_path))).get("a.jpg") is None
 
 
 def test_naming_a_difference_or_zipping_parses_the_manifest_without_its_input_stats():

@@ -147,20 +147,61 @@ def job_manifest(job: str, kind: str, checkpoint: bytes, plan: list[Row], settin
                        plan, outputs)
 
 
-def known_inputs(storage: Storage) -> dict[str, tuple[str, str]]:
-    """{input key: (stat, tag)} of the local inputs an earlier run of a job in this folder tagged. Only that
-    section of the manifest is parsed when it can be found (the whole manifest parsed is ~4x its file's size in
-    memory); any other manifest is parsed whole, and one that cannot be read knows nothing."""
+class KnownInputs:
+    """{input key: (stat, tag)} of the local inputs an earlier run tagged, asked for key by key in sorted order (as
+    the planning's listing comes): a cursor over the entries, not a dict of them (that dict was ~470 MB of the
+    driver at 1,000,000 inputs). A key asked for out of order, or past an entry that cannot be read, is not known:
+    its file is digested again, which is always safe."""
+
+    def __init__(self, entries: Iterator[tuple[str, str, str]]):
+        self._entries = entries
+        self._next = next(entries, None)
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        while self._next is not None and self._next[0] < key:
+            self._next = next(self._entries, None)
+        if self._next is not None and self._next[0] == key:
+            return self._next[1], self._next[2]
+        return None
+
+
+_ENTRY_END = b"\n  ]"  # an entry of a section as JobManifest.blocks writes it ends its list so (no string holds "\n")
+
+
+def _stat_entries_of(section: bytes) -> Iterator[tuple[str, str, str]]:
+    """(key, stat, tag) of each entry of the input stats section's bytes (`{` to `}`), in the file's order (sorted),
+    parsed by json a chunk of about BLOCK bytes at a time (one dict of the whole was ~470 MB at 1,000,000), up to
+    the first entry that is not [stat, tag] (strings) or the first chunk that is not valid JSON."""
+    at, end = 1, len(section) - 3  # inside the braces: the entries, then "\n }"
+    while at < end:
+        cut = section.find(_ENTRY_END + b",", min(at + BLOCK, end))
+        cut = end if cut < 0 else cut + len(_ENTRY_END)
+        try:
+            chunk = json.loads(b"{" + section[at:cut] + b"}")
+        except ValueError:
+            return
+        for key, value in chunk.items():
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+                return
+            yield key, value[0], value[1]
+        at = cut + 1  # past the comma between two entries
+
+
+def known_inputs(storage: Storage) -> KnownInputs:
+    """The local inputs an earlier run of a job in this folder tagged (see KnownInputs). Only the input stats
+    section of the manifest is kept, read entry by entry as asked for, when it can be found; any other manifest is
+    parsed whole, and one that cannot be read knows nothing."""
     try:
         data = storage.read(MANIFEST) if storage.exists(MANIFEST) else b""
     except StorageError:
-        return {}
-    stats = _section(data, "input_stats")
-    if stats is None:
-        stats = (parse_manifest(data) or {}).get("input_stats")
+        return KnownInputs(iter(()))
+    bounds = _section_bounds(data, "input_stats")
+    if bounds is not None:
+        return KnownInputs(_stat_entries_of(data[bounds[0]:bounds[1]]))  # the rest of the file is let go
+    stats = (parse_manifest(data) or {}).get("input_stats")
     if not isinstance(stats, dict):
-        return {}
-    return {k: (v[0], v[1]) for k, v in stats.items() if isinstance(v, list) and len(v) == 2}
+        return KnownInputs(iter(()))
+    return KnownInputs(iter(sorted((k, v[0], v[1]) for k, v in stats.items() if isinstance(v, list) and len(v) == 2)))
 
 
 def _section_bounds(data: bytes, name: str) -> tuple[int, int] | None:
@@ -171,17 +212,6 @@ def _section_bounds(data: bytes, name: str) -> tuple[int, int] | None:
     start = data.find(head)
     end = data.find(b"\n }", start + 1) if start >= 0 else -1
     return (start + len(head) - 1, end + 3) if end >= 0 else None
-
-
-def _section(data: bytes, name: str):
-    """One top-level section of a manifest's bytes, parsed alone, or None when it is not found."""
-    bounds = _section_bounds(data, name)
-    if bounds is None:
-        return None
-    try:
-        return json.loads(data[bounds[0]:bounds[1]])
-    except ValueError:
-        return None
 
 
 def read_manifest(storage: Storage) -> dict | None:

@@ -7,12 +7,12 @@ from gan.batch.engine import OUTPUT_SUFFIX, BatchJob, BatchOptions, JobResult
 from gan.batch.manifest import known_inputs
 from gan.batch.pipeline import Row
 from gan.io.naming import output_names
-from gan.io.sources import Rejected, scan_uri
+from gan.io.sources import KnownTags, Rejected, scan_uri
 from gan.io.storage import Storage
 from gan.models.inference import Photos
 
 
-def plan_stylize(input_uri: str, known: dict | None = None) -> tuple[list[Row], list[Rejected], Storage]:
+def plan_stylize(input_uri: str, known: KnownTags | None = None) -> tuple[list[Row], list[Rejected], Storage]:
     """(rows, early rejects, input storage): one row per input image, its output name fixed up front. `known`:
     the inputs an earlier run tagged (gan.io.sources.scan_inputs)."""
     items, rejected, storage = scan_uri(input_uri, known)

@@ -15,6 +15,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gan.io.images import MAX_BYTES, BadImageError
 from gan.io.storage import RangeFile, Storage, StorageError, open_storage, split_uri
@@ -52,7 +53,14 @@ def is_zip(key: str) -> bool:
     return key.lower().endswith(ZIP_SUFFIX)
 
 
-def scan_uri(uri: str, known: dict[str, tuple[str, str]] | None = None
+class KnownTags(Protocol):
+    """{input key: (stat, tag)} from an earlier scan, asked for key by key in the listing's (sorted) order: a dict,
+    or gan.batch.manifest.KnownInputs (a cursor over a manifest's entries)."""
+
+    def get(self, key: str) -> tuple[str, str] | None: ...
+
+
+def scan_uri(uri: str, known: KnownTags | None = None
              ) -> tuple[list[InputItem], list[Rejected], Storage]:
     """Inputs of a folder or prefix, or of one .zip / TFRecord file; with the storage to read them from.
     `known`: see scan_inputs."""
@@ -124,7 +132,7 @@ def _unique_names(items: list[InputItem]) -> list[InputItem]:
 
 
 def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = None,
-                known: dict[str, tuple[str, str]] | None = None) -> tuple[list[InputItem], list[Rejected]]:
+                known: KnownTags | None = None) -> tuple[list[InputItem], list[Rejected]]:
     """All inputs under `prefix` (or in `keys`), sorted by name; raises StorageError when there is nothing.
 
     Sizes and content tags come from the listing (S3 ETags), the zip's directory or the record framing; local
@@ -134,7 +142,7 @@ def scan_inputs(storage: Storage, prefix: str = "", keys: list[str] | None = Non
     infos = storage.list_info(prefix) if keys is None else [storage.info(k) for k in keys]
     if not infos:
         raise StorageError(f"{storage.child(prefix)}: no files found (empty folder or missing prefix)")
-    known = known or {}
+    known = {} if known is None else known
     items: list[InputItem] = []
     rejected: list[Rejected] = []
     for info in infos:
