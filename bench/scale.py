@@ -13,8 +13,8 @@ them, so each peak RSS is its own). Inputs are small JPEGs (the job resizes them
 --s3rver, several times faster: see bench/s3_server.py). Ratios to read: images/s at N against images/s at the
 smallest N (flat per-image cost), (planning + report + zip) / run, and the RSS growth. --plan-only plans each job
 twice (the first run, then a resumed one) and runs no model: the driver's planning cost and memory at N where
-running N images would take hours (1,000,000); for a local folder also
-a rerun that finds one input changed (refused, naming it).
+running N images would take hours (1,000,000); for a local folder also a rerun that finds one input changed
+(refused, naming it).
 """
 from __future__ import annotations
 

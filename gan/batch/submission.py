@@ -1,11 +1,11 @@
 """The Kaggle submission: `images.zip` of 7,000-10,000 JPEGs, each 256x256 RGB.
 
-Images are streamed from storage into the zip in name order (stored, not deflated: JPEG does not compress
-further), read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a
-local folder in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU
-work, mostly under the GIL), so memory stays flat at any count; the zip appears at its target only when whole (a local rename, or an S3
-upload, multipart when large). The same images give the same zip, byte for byte, whenever it is assembled: each
-entry carries a fixed date, not the clock's.
+Images are streamed from storage into the zip in name order (stored, not deflated: JPEG does not compress further),
+read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a local folder
+in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU work, mostly
+under the GIL), so memory stays flat at any count; the zip appears at its target only when whole (a local rename, or
+an S3 upload, multipart when large). The same images give the same zip, byte for byte, whenever it is assembled:
+each entry carries a fixed date, not the clock's.
 """
 from __future__ import annotations
 
@@ -101,10 +101,10 @@ def checking_processes() -> int:
 
 def checked_images(storage: Storage, keys: list[str], ahead: int = 0,
                    processes: int = 0) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of each key, in order, each read and checked as a submission image; with `ahead`, up to that
-    many keys are read (in threads) before their turn; with `processes`, keys are read and checked in that many
-    processes instead, in chunks (each with the storage's `process_read_ahead` reads in flight). The first error (a bad image, storage down) is raised at its key, in
-    order."""
+    """(key, bytes) of each key, in order, each read and checked as a submission image; with `ahead`, up to that many
+    keys are read (in threads) before their turn; with `processes`, keys are read and checked in that many processes
+    instead, in chunks (each with the storage's `process_read_ahead` reads in flight). The first error (a bad image,
+    storage down) is raised at its key, in order."""
     if processes:
         yield from _checked_in_processes(storage, keys, processes)
         return
