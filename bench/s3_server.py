@@ -22,11 +22,13 @@ class S3rver:
     def __init__(self, executable: str, port: int):
         self.data = tempfile.mkdtemp(prefix="s3rver-")
         env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
+        self.log = tempfile.TemporaryFile()  # not a pipe: nobody reads one while it serves, and a full one blocks it
         self.proc = subprocess.Popen([executable, "-d", self.data, "-a", "127.0.0.1", "-p", str(port), "--silent"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         for _ in range(100):  # it takes a moment to listen
             if self.proc.poll() is not None:
-                raise RuntimeError(f"s3rver exited: {self.proc.stderr.read().decode()[-500:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"s3rver exited: {self.log.read().decode(errors='replace')[-500:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
@@ -37,6 +39,7 @@ class S3rver:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+        self.log.close()
         shutil.rmtree(self.data, ignore_errors=True)
 
 

@@ -269,8 +269,8 @@ def test_zip_checks(tmp_path, s3, bucket, monkeypatch):
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_large_zip_is_checked_in_processes_in_order(where, tmp_path, monkeypatch, request):
     """A large folder, local or on S3, is read and checked in processes, chunk by chunk (from S3 with GETs in flight
-    in each): the same entries, in order, the same zip bytes as the serial check; the first bad image (or a missing
-    one) is raised at its key, after the good ones before it."""
+    in each), the storage sent once to each process: the same entries, in order, the same zip bytes as the serial
+    check; the first bad image (or a missing one) is raised at its key, after the good ones before it."""
     from gan.batch import submission
     if where == "s3":
         s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("bucket")
@@ -286,7 +286,10 @@ def test_a_large_zip_is_checked_in_processes_in_order(where, tmp_path, monkeypat
     for key, data in written.items():
         put(key, data)
     monkeypatch.setattr(submission, "PROCESS_CHUNK", 2)  # chunk boundaries inside this small folder
+    sent, getstate = [], type(storage).__getstate__
+    monkeypatch.setattr(type(storage), "__getstate__", lambda self: sent.append(self) or getstate(self))
     assert list(checked_images(storage, keys, processes=2)) == [(k, written[k]) for k in keys]
+    assert len(sent) == 2  # once to each process (one S3 client each), not with each of the 5 chunks
     assemble(storage, str(tmp_path / "serial.zip"), min_images=1)
     monkeypatch.setattr(submission, "PROCESSES_FROM", 1)
     in_processes = []

@@ -124,10 +124,11 @@ def read_checked(storage: Storage, key: str) -> bytes:
 
 def _checked_in_processes(storage: Storage, keys: list[str], processes: int) -> Iterator[tuple[str, bytes]]:
     chunks = [keys[i:i + PROCESS_CHUNK] for i in range(0, len(keys), PROCESS_CHUNK)]
-    # spawn, not fork: the driver has threads (Ray's, boto's), and a forked child may inherit one's held lock
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for chunk, (datas, error) in in_order(pool, functools.partial(_read_checked_chunk, storage), chunks,
-                                              2 * processes):
+    # spawn, not fork: the driver has threads (Ray's, boto's), and a forked child may inherit one's held lock.
+    # The storage goes to each process once, not with each chunk: one S3 client and its connections per process
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_hold_storage, initargs=(storage,)) as pool:
+        for chunk, (datas, error) in in_order(pool, _read_checked_chunk, chunks, 2 * processes):
             yield from zip(chunk, datas)
             if error is not None:
                 raise error
@@ -149,8 +150,17 @@ def in_order(pool: Executor, fn: Callable, items: list, ahead: int) -> Iterator[
             pending.cancel()
 
 
-def _read_checked_chunk(storage: Storage, keys: list[str]) -> tuple[list[bytes], Exception | None]:
+_process_storage: Storage | None = None  # in a checking process: the storage it reads from
+
+
+def _hold_storage(storage: Storage) -> None:
+    global _process_storage
+    _process_storage = storage
+
+
+def _read_checked_chunk(keys: list[str]) -> tuple[list[bytes], Exception | None]:
     """In a checking process: the bytes of each key, in order, up to the first bad one, and its error."""
+    storage = _process_storage
     datas = []
     try:
         for _, data in checked_images(storage, keys, storage.process_read_ahead):
