@@ -73,7 +73,8 @@ def main() -> int:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{i:06d}.jpg", Body=buf.getvalue()),
                       range(args.count)))
-    print(f"{args.count} objects of {len(buf.getvalue())} bytes on {'s3rver' if args.s3rver else 'moto'}; one client process per mode", flush=True)
+    print(f"{args.count} objects of {len(buf.getvalue())} bytes on {'s3rver' if args.s3rver else 'moto'}; "
+          "one client process per mode", flush=True)
     try:
         for _ in range(args.repeat):
             for mode in args.modes.split(","):

@@ -181,18 +181,23 @@ def _stat_entries_of(section: bytes) -> Iterator[tuple[str, str, str]]:
         except ValueError:
             return
         for key, value in chunk.items():
-            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            if not _is_stat(value):
                 return
             yield key, value[0], value[1]
         at = cut + 1  # past the comma between two entries
 
 
+def _is_stat(value) -> bool:
+    """Whether an input stats entry's value is [stat, tag], as JobManifest.blocks writes it."""
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
 def known_inputs(storage: Storage) -> KnownInputs:
     """The local inputs an earlier run of a job in this folder tagged (see KnownInputs). Only the input stats
     section of the manifest is kept, read entry by entry as asked for, when it can be found; any other manifest is
-    parsed whole, and one that cannot be read knows nothing."""
+    parsed whole, and one that cannot be read (none there included: one request, not a look first) knows nothing."""
     try:
-        data = storage.read(MANIFEST) if storage.exists(MANIFEST) else b""
+        data = storage.read(MANIFEST)
     except StorageError:
         return KnownInputs(iter(()))
     bounds = _section_bounds(data, "input_stats")
@@ -201,7 +206,7 @@ def known_inputs(storage: Storage) -> KnownInputs:
     stats = (parse_manifest(data) or {}).get("input_stats")
     if not isinstance(stats, dict):
         return KnownInputs(iter(()))
-    return KnownInputs(iter(sorted((k, v[0], v[1]) for k, v in stats.items() if isinstance(v, list) and len(v) == 2)))
+    return KnownInputs(iter(sorted((k, v[0], v[1]) for k, v in stats.items() if _is_stat(v))))
 
 
 def _section_bounds(data: bytes, name: str) -> tuple[int, int] | None:
