@@ -228,3 +228,28 @@ def test_naming_a_difference_or_zipping_parses_the_manifest_without_its_input_st
     assert parse_manifest(other, stats=False) == whole
     assert parse_manifest(ours[:-5], stats=False) == {"unreadable": True}
 
+
+
+def test_an_s3_listing_holds_one_page_at_a_time_and_a_blip_retries_only_that_page(s3, bucket, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from gan.io.storage import S3Storage
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"job/in/{4 - i}.jpg", Body=b"x" * (i + 1))
+    s3.put_object(Bucket=bucket, Key="job/other.jpg", Body=b"not listed")
+    storage = S3Storage(bucket, "job")
+    storage.list_page = 2
+    original, calls = storage.client.list_objects_v2, []
+
+    def list_objects_v2(**kw):
+        calls.append(kw.get("ContinuationToken"))
+        if len(calls) == 2:  # the second page, once: S3 asks to slow down
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow down"}}, "ListObjectsV2")
+        return original(**kw)
+    monkeypatch.setattr(storage.client, "list_objects_v2", list_objects_v2)
+
+    infos = storage.list_info("in")
+    assert [(i.key, i.size) for i in infos] == [(f"in/{k}.jpg", 5 - k) for k in range(5)]
+    assert all(i.tag.startswith("etag:") and len(i.tag) > 5 for i in infos)
+    # 3 pages of 2, 2 and 1 keys: the first page is not asked again, the failed second one is asked with its token
+    assert len(calls) == 4 and calls[0] is None and calls[1] == calls[2] is not None and calls[3] not in calls[:3]

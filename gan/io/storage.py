@@ -313,6 +313,7 @@ class S3Storage:
     # ~700 images/s at most on a fast core, whatever the threads; processes, each with its own GETs in flight, add up
     reads_in_processes = True
     process_read_ahead = 8
+    list_page = 1000  # keys per listing request: S3's most
 
     @property
     def uri(self) -> str:
@@ -365,15 +366,20 @@ class S3Storage:
         full = self._key(prefix)
         full = full + "/" if full else ""
         base = join_key(self.prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(self.child(prefix), lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
         infos: list[ObjectInfo] = []
-        for page in pages:
+        # a page at a time, each its own request with its own retries: boto3's parsed pages cost ~1 KB a key, too
+        # much to hold all at once (~90 MiB at 100,000), and a blip late in a long listing retries one page, not all
+        more: dict = {}
+        while True:
+            page = self._call(self.child(prefix), self.client.list_objects_v2, Bucket=self.bucket, Prefix=full,
+                              MaxKeys=self.list_page, **more)
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(base) + 1:] if base else obj["Key"]
                 if rel and not rel.endswith("/"):
                     infos.append(ObjectInfo(rel, int(obj["Size"]), "etag:" + obj.get("ETag", "").strip('"')))
-        return sorted(infos, key=lambda i: i.key)
+            if not page.get("IsTruncated"):
+                return sorted(infos, key=lambda i: i.key)
+            more = {"ContinuationToken": page["NextContinuationToken"]}
 
     def info(self, key: str) -> ObjectInfo:
         head = self._call(self.child(key), self.client.head_object, Bucket=self.bucket, Key=self._key(key))
