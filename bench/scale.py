@@ -107,7 +107,7 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     t_report = time.perf_counter()
     del job  # as in jobs.cli: the job is gone when its zip is made
     assemble(opts.output, f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
-             min_images=1, max_images=count)
+             min_images=1, max_images=count, outputs_checked=True)  # as `--zip` after the job
     t_zip = time.perf_counter()
     rss = peak_rss_mib()  # the job's driver, as `--zip` runs it
     manifest = len(opts.output.read("_manifest.json"))

@@ -155,6 +155,6 @@ def run_batch_job(args: argparse.Namespace, plan: Callable[[BatchOptions], Batch
                               "the zip needs (--min-images); nothing was run (lower --min-images, or drop --zip)")
     print(summary_line(job.run()))
     if args.zip:
-        z = assemble(opts.output, args.zip, args.min_images, args.max_images)
+        z = assemble(opts.output, args.zip, args.min_images, args.max_images, outputs_checked=True)
         print(f"zip: {z['images']} images -> {z['zip']}")
     return 0

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if styled.skipped_run and open_storage(work).exists("images.zip"):
             print("pipeline: already there")
         else:
-            z = assemble(out, zip_uri, lo, hi)
+            z = assemble(out, zip_uri, lo, hi, outputs_checked=True)  # the job just wrote or found each one
             print(f"pipeline: {z['images']} images")
 
     features = args.features

@@ -19,7 +19,7 @@ from gan.train.demo_data import write_demo_data
 from gan.batch.generate import generate
 from gan.io.images import decode_image, encode_jpeg
 from gan.io.naming import output_names, safe_stem
-from gan.io.storage import StorageError, open_storage
+from gan.io.storage import LocalStorage, StorageError, open_storage
 from gan.batch.stylize import photos_of, stylize
 from gan.batch.submission import SubmissionError, assemble, check_submission_image, check_zip, checked_images
 from tests import processes
@@ -308,16 +308,33 @@ def test_a_large_zip_is_checked_in_processes_in_order(where, tmp_path, monkeypat
         list(checked_images(storage, keys[:3] + ["missing.jpg"], processes=2))
 
 
-def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, capsys):
+def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, capsys, monkeypatch):
     from jobs.cli import run_main
     from jobs import assemble as assemble_job
     from jobs import generate as generate_job
     out = tmp_path / "gen"
+    listed, walk = [], LocalStorage._walk  # what every listing of a folder goes through
+    monkeypatch.setattr(LocalStorage, "_walk", lambda self, prefix: listed.append(self.root) or walk(self, prefix))
     assert generate_job.main(["--checkpoint", dcgan_ckpt, "--count", "5", "--output", str(out), "--no-progress",
                               "--zip", str(tmp_path / "images.zip"), "--min-images", "5"]) == 0
     printed = capsys.readouterr().out
     assert "generate: 5 images (5 new, 0 already done)" in printed and "zip: 5 images" in printed
     assert check_zip(str(tmp_path / "images.zip"), "images.zip", min_images=5, max_images=5) == 5
+    # the folder is listed once, by the job's check of what is done: its zip, right after, does not list it again
+    assert listed == [str(out)]
+    # a zip made on its own lists the folder first: an output missing is named, the job to be rerun, no zip made
+    first = sorted(out.glob("*.jpg"))[0]
+    data = first.read_bytes()
+    first.unlink()
+    assert run_main(assemble_job.main, ["--input", str(out), "--output", str(tmp_path / "part.zip"),
+                                        "--min-images", "1"]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
+    assert len(err) == 1 and f"1 outputs of its job are missing ({first.name}): rerun the job" in err[0]
+    assert not (tmp_path / "part.zip").exists()
+    with pytest.raises(StorageError, match=f"{first.name}: no such file"):  # told it was whole: found at its read
+        assemble(open_storage(str(out)), str(tmp_path / "part.zip"), min_images=1, outputs_checked=True)
+    assert not (tmp_path / "part.zip").exists()
+    first.write_bytes(data)
     assert run_main(assemble_job.main, ["--input", str(out), "--output", str(tmp_path / "strict.zip")]) == 2
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]  # less Ray's forwarded logs
     assert len(err) == 1 and "5 images, a submission needs 7000 to 10000" in err[0]

@@ -304,9 +304,10 @@ def clear_outputs(storage: Storage, old: dict | JobManifest | None, planned: lis
     return len(doomed)
 
 
-def manifest_outputs(storage: Storage) -> list[str] | None:
+def manifest_outputs(storage: Storage, check_present: bool = True) -> list[str] | None:
     """The outputs a finished job owns (its manifest's, less inputs its report rejected), or None without a
-    manifest. Raises StorageError when some are missing: the job has not finished."""
+    manifest. With `check_present`, one listing first: StorageError when some are missing (the job has not
+    finished)."""
     manifest = read_manifest(storage)
     if manifest is None or "unreadable" in manifest:
         return None
@@ -314,6 +315,8 @@ def manifest_outputs(storage: Storage) -> list[str] | None:
     if storage.exists(REPORT):
         rejected = {r["name"] for r in json.loads(storage.read(REPORT)).get("rejected", [])}
     keys = sorted(out for out, entry in manifest.get("outputs", {}).items() if _entry(entry)[0] not in rejected)
+    if not check_present:
+        return keys
     present = set(storage.list())
     missing = [k for k in keys if k not in present]
     if missing:

@@ -64,10 +64,11 @@ def check_submission_image(data: bytes, name: str) -> None:
         raise SubmissionError(str(e)) from None
 
 
-def image_keys(storage: Storage) -> list[str]:
+def image_keys(storage: Storage, outputs_checked: bool = False) -> list[str]:
     """The images a batch job wrote: exactly its manifest's outputs (nothing else in the folder, no leftovers of
-    an earlier run); for a folder no job wrote, every top-level JPEG."""
-    owned = manifest_outputs(storage)
+    an earlier run), all present (one listing, unless `outputs_checked`); for a folder no job wrote, every top-level
+    JPEG."""
+    owned = manifest_outputs(storage, check_present=not outputs_checked)
     if owned is not None:
         return owned
     return [k for k in storage.list() if "/" not in k and k.lower().endswith(IMAGE_SUFFIXES)]
@@ -79,9 +80,13 @@ def check_count(count: int, where: str, min_images: int = MIN_IMAGES, max_images
                               "(use --min-images/--max-images to change the range for other uses)")
 
 
-def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> dict:
-    """Stream every image in `storage` into a zip at `output_uri`; returns {images, bytes, zip}."""
-    keys = image_keys(storage)
+def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES,
+             outputs_checked: bool = False) -> dict:
+    """Stream every image in `storage` into a zip at `output_uri`; returns {images, bytes, zip}.
+    `outputs_checked`: the caller has just run the folder's job to its end (it wrote or found each output), so the
+    listing that would tell an unfinished job by its missing outputs is skipped (one missing since still fails, at
+    its read)."""
+    keys = image_keys(storage, outputs_checked)
     check_count(len(keys), storage.uri, min_images, max_images)
     target, name = split_uri(output_uri)
     processes = checking_processes() if storage.reads_in_processes and len(keys) >= PROCESSES_FROM else 0
