@@ -229,8 +229,7 @@ def test_naming_a_difference_or_zipping_parses_the_manifest_without_its_input_st
     assert parse_manifest(ours[:-5], stats=False) == {"unreadable": True}
 
 
-
-def test_an_s3_listing_holds_one_page_at_a_time_and_a_blip_retries_only_that_page(s3, bucket, monkeypatch):
+def test_an_s3_listing_asks_page_by_page_and_a_blip_retries_only_that_page(s3, bucket, monkeypatch):
     from botocore.exceptions import ClientError
 
     from gan.io.storage import S3Storage
