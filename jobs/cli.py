@@ -6,11 +6,11 @@ import sys
 import traceback
 from typing import Callable
 
-from gan.batch.engine import BatchJob, BatchOptions, summary_line
+from gan.batch.engine import BatchJob, BatchOptions, record_zip, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
 from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, open_storage, resolve_uri,
                             set_retry_window)
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, assemble
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, assemble, zip_is_current
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -146,15 +146,23 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 def run_batch_job(args: argparse.Namespace, plan: Callable[[BatchOptions], BatchJob]) -> int:
     """Plan the job, run it (it starts or joins Ray once its inputs are checked), print its summary line, and
-    assemble the zip when --zip is given. A plan with fewer outputs than the zip's minimum fails before the run:
-    the zip after it could only fail."""
+    assemble the zip when --zip is given (a finished job's rerun leaves the zip it made, when untouched since).
+    A plan with fewer outputs than the zip's minimum fails before the run: the zip after it could only fail."""
     opts = batch_options(args)
     job = plan(opts)
     if args.zip and len(job.plan) < args.min_images:
         raise SubmissionError(f"{job.name}: {len(job.plan)} outputs planned, fewer than the {args.min_images} images "
                               "the zip needs (--min-images); nothing was run (lower --min-images, or drop --zip)")
-    print(summary_line(job.run()))
-    if args.zip:
-        z = assemble(opts.output, args.zip, args.min_images, args.max_images, outputs_checked=True)
-        print(f"zip: {z['images']} images -> {z['zip']}")
+    result = job.run()
+    del job  # its plan (~0.5 KB an input) is not the zip's: gone before the zip is made
+    print(summary_line(result))
+    if not args.zip:
+        return 0
+    made = result.report.get("zip")
+    if result.skipped_run and zip_is_current(made, args.zip, args.min_images, args.max_images):
+        print(f"zip: already made of these outputs, untouched since ({made['images']} images) -> {args.zip}")
+        return 0
+    z = assemble(opts.output, args.zip, args.min_images, args.max_images, outputs_checked=True)
+    record_zip(opts.output, result, z)
+    print(f"zip: {z['images']} images -> {z['zip']}")
     return 0

@@ -315,13 +315,26 @@ def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, 
     out = tmp_path / "gen"
     listed, walk = [], LocalStorage._walk  # what every listing of a folder goes through
     monkeypatch.setattr(LocalStorage, "_walk", lambda self, prefix: listed.append(self.root) or walk(self, prefix))
-    assert generate_job.main(["--checkpoint", dcgan_ckpt, "--count", "5", "--output", str(out), "--no-progress",
-                              "--zip", str(tmp_path / "images.zip"), "--min-images", "5"]) == 0
+    command = ["--checkpoint", dcgan_ckpt, "--count", "5", "--output", str(out), "--no-progress",
+               "--zip", str(tmp_path / "images.zip"), "--min-images", "5"]
+    assert generate_job.main(command) == 0
     printed = capsys.readouterr().out
     assert "generate: 5 images (5 new, 0 already done)" in printed and "zip: 5 images" in printed
     assert check_zip(str(tmp_path / "images.zip"), "images.zip", min_images=5, max_images=5) == 5
     # the folder is listed once, by the job's check of what is done: its zip, right after, does not list it again
     assert listed == [str(out)]
+    # the same command again: the job is complete and its zip untouched since, so neither is made again
+    made = (tmp_path / "images.zip").stat().st_mtime_ns
+    reads, read = [], LocalStorage.read
+    monkeypatch.setattr(LocalStorage, "read", lambda self, key: reads.append(key) or read(self, key))
+    assert generate_job.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "already complete" in printed and "zip: already made of these outputs, untouched since (5 images)" in printed
+    assert (tmp_path / "images.zip").stat().st_mtime_ns == made and not [k for k in reads if k.endswith(".jpg")]
+    (tmp_path / "images.zip").write_bytes(b"changed by hand")  # a zip changed since is made again
+    assert generate_job.main(command) == 0
+    assert "zip: 5 images" in capsys.readouterr().out
+    assert check_zip(str(tmp_path / "images.zip"), "images.zip", min_images=5, max_images=5) == 5
     # a zip made on its own lists the folder first: an output missing is named, the job to be rerun, no zip made
     first = sorted(out.glob("*.jpg"))[0]
     data = first.read_bytes()

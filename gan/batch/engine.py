@@ -308,6 +308,13 @@ class BatchJob:
         return self.report()
 
 
+def record_zip(output: Storage, result: JobResult, made: dict) -> None:
+    """The job's report again, with the submission zip made of its outputs (`assemble`'s result): a rerun of the
+    finished job finds it there and, the zip untouched, does not make it again."""
+    result.report["zip"] = made
+    output.write(REPORT, json.dumps(result.report, indent=1).encode())
+
+
 def summary_line(result: JobResult) -> str:
     r = result.report
     c = r["counts"]
@@ -318,4 +325,4 @@ def summary_line(result: JobResult) -> str:
 
 
 __all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "BatchJob", "JobResult", "JobMismatchError",
-           "GeneratorActor", "summary_line"]
+           "GeneratorActor", "record_zip", "summary_line"]

@@ -96,7 +96,25 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
             for key, data in checked_images(storage, keys, storage.read_ahead, processes):
                 zf.writestr(zip_entry(key), data)
                 total += len(data)
-    return {"images": len(keys), "bytes": total, "zip": output_uri}
+    return {"images": len(keys), "bytes": total, "zip": output_uri, "identity": zip_identity(output_uri)}
+
+
+def zip_identity(uri: str) -> str | None:
+    """What the file at `uri` is now, without reading it: its size and S3 ETag, or a local file's size, mtime and
+    inode (any rewrite changes it); None when it cannot be seen."""
+    target, name = split_uri(uri)
+    try:
+        info = target.info(name)
+    except StorageError:
+        return None
+    return f"{info.size}:{info.tag or info.stat}"
+
+
+def zip_is_current(made: dict | None, uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> bool:
+    """Whether `made` (what `assemble` returned for a job's outputs, kept in its report) is still the zip at `uri`,
+    untouched since, with a count the range allows (so a rerun of the finished job need not assemble it again)."""
+    return (made is not None and made.get("zip") == uri and made.get("identity") is not None
+            and made["identity"] == zip_identity(uri) and min_images <= made.get("images", -1) <= max_images)
 
 
 def checking_processes() -> int:
