@@ -6,11 +6,11 @@ import sys
 import traceback
 from typing import Callable
 
-from gan.batch.engine import BatchJob, BatchOptions, record_zip, summary_line
+from gan.batch.engine import BatchJob, BatchOptions, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
 from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, open_storage, resolve_uri,
                             set_retry_window)
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, assemble, zip_is_current
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, zip_of_job
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -156,13 +156,8 @@ def run_batch_job(args: argparse.Namespace, plan: Callable[[BatchOptions], Batch
     result = job.run()
     del job  # its plan (~0.5 KB an input) is not the zip's: gone before the zip is made
     print(summary_line(result))
-    if not args.zip:
-        return 0
-    made = result.report.get("zip")
-    if result.skipped_run and zip_is_current(made, args.zip, args.min_images, args.max_images):
-        print(f"zip: already made of these outputs, untouched since ({made['images']} images) -> {args.zip}")
-        return 0
-    z = assemble(opts.output, args.zip, args.min_images, args.max_images, outputs_checked=True)
-    record_zip(opts.output, result, z)
-    print(f"zip: {z['images']} images -> {z['zip']}")
+    if args.zip:
+        z, now = zip_of_job(opts.output, result, args.zip, args.min_images, args.max_images)
+        print(f"zip: {z['images']} images -> {z['zip']}" if now else
+              f"zip: already made of these outputs, untouched since ({z['images']} images) -> {z['zip']}")
     return 0

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from gan.batch.engine import BatchOptions, record_zip, summary_line
+from gan.batch.engine import BatchOptions, summary_line
 from gan.batch.stylize import stylize
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, assemble, zip_is_current
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, zip_of_job
 from gan.eval.evaluate import EvalOptions, evaluate
 from gan.eval.evaluate import summary_line as eval_line
 from gan.eval.features import MissingWeightsError, find_inception
@@ -123,12 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     with Stage(4, "submission zip", zip_uri):
         if lo == 1:
             print(f"pipeline: {n} images is below Kaggle's {MIN_IMAGES}: zip made for inspection, not for submission")
-        if styled.skipped_run and zip_is_current(styled.report.get("zip"), zip_uri, lo, hi):
-            print("pipeline: already there")
-        else:
-            z = assemble(out, zip_uri, lo, hi, outputs_checked=True)  # the job just wrote or found each one
-            record_zip(out, styled, z)
-            print(f"pipeline: {z['images']} images")
+        z, now = zip_of_job(out, styled, zip_uri, lo, hi)
+        print(f"pipeline: {z['images']} images" if now else "pipeline: already there")
 
     features = args.features
     if features is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from gan.batch.device_jpeg import decode_to_device, encode_on_device
 from gan.batch.manifest import (MANIFEST, REPORT, JobMismatchError, check_same_job, clear_outputs, job_manifest,
-                                parse_manifest)
+                                parse_manifest, write_report)
 from gan.batch.pipeline import DecodeStage, ReadStage, Row, WriteStage, actor_plan, run_pipeline
 from gan.checkpoint import CheckpointError, from_bytes
 from gan.io.images import IMAGE_SIZE
@@ -297,7 +297,7 @@ class BatchJob:
             "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
         }
-        self.opts.output.write(REPORT, json.dumps(report, indent=1).encode())
+        write_report(self.opts.output, report)
         return JobResult(report)
 
     def run(self) -> JobResult:
@@ -306,13 +306,6 @@ class BatchJob:
             return done
         self.execute()
         return self.report()
-
-
-def record_zip(output: Storage, result: JobResult, made: dict) -> None:
-    """The job's report again, with the submission zip made of its outputs (`assemble`'s result): a rerun of the
-    finished job finds it there and, the zip untouched, does not make it again."""
-    result.report["zip"] = made
-    output.write(REPORT, json.dumps(result.report, indent=1).encode())
 
 
 def summary_line(result: JobResult) -> str:
@@ -325,4 +318,4 @@ def summary_line(result: JobResult) -> str:
 
 
 __all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "BatchJob", "JobResult", "JobMismatchError",
-           "GeneratorActor", "record_zip", "summary_line"]
+           "GeneratorActor", "summary_line"]

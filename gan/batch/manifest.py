@@ -304,6 +304,11 @@ def clear_outputs(storage: Storage, old: dict | JobManifest | None, planned: lis
     return len(doomed)
 
 
+def write_report(storage: Storage, report: dict) -> None:
+    """`_report.json`, written whole (atomically, as every write)."""
+    storage.write(REPORT, json.dumps(report, indent=1).encode())
+
+
 def manifest_outputs(storage: Storage, check_present: bool = True) -> list[str] | None:
     """The outputs a finished job owns (its manifest's, less inputs its report rejected), or None without a
     manifest. With `check_present`, one listing first: StorageError when some are missing (the job has not

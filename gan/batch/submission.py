@@ -17,13 +17,16 @@ import multiprocessing
 import os
 import zipfile
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from PIL import Image
 
-from gan.batch.manifest import manifest_outputs
+from gan.batch.manifest import manifest_outputs, write_report
 from gan.io.images import IMAGE_SIZE, BadImageError, open_image
 from gan.io.storage import Storage, StorageError, split_uri
+
+if TYPE_CHECKING:  # not imported at run time: the engine brings Ray Data, which a zip alone does not need
+    from gan.batch.engine import JobResult
 
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
 ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries do not record when they were written
@@ -82,7 +85,7 @@ def check_count(count: int, where: str, min_images: int = MIN_IMAGES, max_images
 
 def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES,
              outputs_checked: bool = False) -> dict:
-    """Stream every image in `storage` into a zip at `output_uri`; returns {images, bytes, zip}.
+    """Stream every image in `storage` into a zip at `output_uri`; returns {images, bytes, zip, identity}.
     `outputs_checked`: the caller has just run the folder's job to its end (it wrote or found each output), so the
     listing that would tell an unfinished job by its missing outputs is skipped (one missing since still fails, at
     its read)."""
@@ -96,25 +99,38 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
             for key, data in checked_images(storage, keys, storage.read_ahead, processes):
                 zf.writestr(zip_entry(key), data)
                 total += len(data)
-    return {"images": len(keys), "bytes": total, "zip": output_uri, "identity": zip_identity(output_uri)}
+    return {"images": len(keys), "bytes": total, "zip": output_uri, "identity": file_identity(target, name)}
 
 
-def zip_identity(uri: str) -> str | None:
-    """What the file at `uri` is now, without reading it: its size and S3 ETag, or a local file's size, mtime and
+def zip_of_job(output: Storage, result: JobResult, uri: str, min_images: int = MIN_IMAGES,
+               max_images: int = MAX_IMAGES) -> tuple[dict, bool]:
+    """The zip of a job's outputs, right after `result` came from its run: (what `assemble` returned, whether it was
+    made now). Made without listing the folder (the job has just written or found each output) and recorded in the
+    job's report; a rerun that found the job finished leaves the zip its report records, when it is untouched since
+    at `uri` and its count in the range."""
+    made = result.report.get("zip")
+    if result.skipped_run and _is_untouched(made, uri, min_images, max_images):
+        return made, False
+    made = assemble(output, uri, min_images, max_images, outputs_checked=True)
+    result.report["zip"] = made
+    write_report(output, result.report)
+    return made, True
+
+
+def _is_untouched(made: dict | None, uri: str, min_images: int, max_images: int) -> bool:
+    """Whether `made` (a report's record of its zip) is the zip at `uri` now, with a count the range allows."""
+    return (made is not None and made.get("zip") == uri and min_images <= made.get("images", -1) <= max_images
+            and made.get("identity") is not None and made["identity"] == file_identity(*split_uri(uri)))
+
+
+def file_identity(storage: Storage, key: str) -> str | None:
+    """What the file at `key` is now, without reading it: its size and S3 ETag, or a local file's size, mtime and
     inode (any rewrite changes it); None when it cannot be seen."""
-    target, name = split_uri(uri)
     try:
-        info = target.info(name)
+        info = storage.info(key)
     except StorageError:
         return None
     return f"{info.size}:{info.tag or info.stat}"
-
-
-def zip_is_current(made: dict | None, uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> bool:
-    """Whether `made` (what `assemble` returned for a job's outputs, kept in its report) is still the zip at `uri`,
-    untouched since, with a count the range allows (so a rerun of the finished job need not assemble it again)."""
-    return (made is not None and made.get("zip") == uri and made.get("identity") is not None
-            and made["identity"] == zip_identity(uri) and min_images <= made.get("images", -1) <= max_images)
 
 
 def checking_processes() -> int:
