@@ -182,6 +182,57 @@ def test_a_failed_write_leaves_no_temp_file_and_names_the_device(tmp_path, monke
     assert os.listdir(tmp_path) == []
 
 
+def test_an_s3_file_goes_up_as_it_is_written_and_appears_only_when_whole(s3, bucket, monkeypatch):
+    """S3's open_write: past two parts a multipart upload, a part at a time (nothing spooled to local disk), not an
+    object until the block ends; a writer may seek back into its last part, so a zip written there is byte for
+    byte a local file's; an error aborts the upload, and one left by a killed writer is aborted by the next."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from gan.batch.submission import zip_entry
+    from gan.io.storage import S3Storage, S3Upload
+    monkeypatch.setattr(S3Upload, "part_bytes", 5 * 1024 ** 2)  # S3's smallest part
+    monkeypatch.setattr(S3Upload, "keep_bytes", 5 * 1024 ** 2)
+    storage, rng = S3Storage(bucket, "out"), np.random.default_rng(0)
+    blobs = [rng.bytes(700_000) for _ in range(25)]  # ~17.5 MB: two parts sent as it is written, then the last
+    local = io.BytesIO()
+    with zipfile.ZipFile(local, "w", zipfile.ZIP_STORED) as zf:
+        for i, blob in enumerate(blobs):
+            zf.writestr(zip_entry(f"{i}.bin"), blob)
+    left = s3.create_multipart_upload(Bucket=bucket, Key="out/a.zip")["UploadId"]  # a killed writer's
+
+    def uploads() -> list[str]:
+        return [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    with storage.open_write("a.zip") as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for i, blob in enumerate(blobs):
+                zf.writestr(zip_entry(f"{i}.bin"), blob)
+                if i == 15:  # one part sent (at 10 MiB written)
+                    going = uploads()
+                    assert len(going) == 1 and going != [left] and not storage.exists("a.zip")
+    got = s3.get_object(Bucket=bucket, Key="out/a.zip")
+    assert got["Body"].read() == local.getvalue() and got["ETag"].strip('"').endswith("-3")
+    assert uploads() == []
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        with storage.open_write("b.bin") as f:
+            f.write(rng.bytes(11 * 1024 ** 2))
+            raise RuntimeError("stopped")
+    assert not storage.exists("b.bin") and uploads() == []
+    with pytest.raises(io.UnsupportedOperation, match=f"s3://{bucket}/out/c.bin: can seek only within the last"):
+        with storage.open_write("c.bin") as f:
+            f.write(rng.bytes(11 * 1024 ** 2))
+            f.seek(0)
+    assert not storage.exists("c.bin") and uploads() == []
+    with storage.open_write("small.bin") as f:  # under two parts: one PUT
+        f.write(b"abc")
+        f.seek(1)
+        f.write(b"X")
+    assert storage.read("small.bin") == b"aXc" and uploads() == []
+
+
 TERM_AT_BATCH = """
 import os, signal, sys, time
 import gan.batch.engine as engine

@@ -19,7 +19,6 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -413,11 +412,15 @@ class S3Storage:
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[IO[bytes]]:
-        """A local temporary file, uploaded (multipart when large) when the block ends without error."""
-        with tempfile.NamedTemporaryFile(prefix=".tmp-upload-") as f:
-            yield f
-            f.flush()
-            self.upload_file(key, f.name)
+        """A file uploaded as it is written (`S3Upload`: one PUT when small, else a multipart upload a part at a
+        time, nothing spooled to local disk); the object appears only when the block ends without error."""
+        upload = S3Upload(self, key)
+        try:
+            yield upload
+            upload.complete()
+        except BaseException:
+            upload.abort()
+            raise
 
     def exists(self, key: str) -> bool:
         try:
@@ -435,6 +438,99 @@ class S3Storage:
 
     def child(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+
+class S3Upload(io.RawIOBase):
+    """What `S3Storage.open_write` yields: a seekable file that is uploaded while it is written. Up to `part_bytes`
+    + `keep_bytes` it is only kept, and PUT when complete; past that it becomes a multipart upload, a part of
+    `part_bytes` at a time (each its own request with its own retries, one in flight beside the writer), always
+    keeping the last `keep_bytes` unsent, so that a writer can seek back into them (zipfile rewrites each entry's
+    header once its data is written: the zip is byte for byte what a local file would hold). The upload is aborted
+    on error; one of the same key left by a killed writer is aborted when the next starts."""
+
+    part_bytes = 8 * 1024 ** 2  # S3's parts are 5 MiB to 5 GiB, at most 10,000: up to ~78 GiB a file
+    keep_bytes = 8 * 1024 ** 2  # how far back a writer may seek: a zip entry (a submission image is < 1 MiB)
+
+    def __init__(self, storage: S3Storage, key: str):
+        self.storage, self.rel, self.key, self.name = storage, key, storage._key(key), storage.child(key)
+        self.buffer, self.base, self.pos = bytearray(), 0, 0  # the unsent bytes, from offset `base` of the file
+        self.upload_id: str | None = None
+        self.parts: list = []  # (part number, its upload's future)
+        self.pool = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        end = self.base + len(self.buffer)
+        target = {0: offset, 1: self.pos + offset, 2: end + offset}[whence]
+        if not self.base <= target <= end:
+            raise io.UnsupportedOperation(f"{self.name}: can seek only within the last {self.keep_bytes} bytes "
+                                          f"written (to {target}, of {self.base}-{end})")
+        self.pos = target
+        return target
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        start = self.pos - self.base
+        self.buffer[start:start + len(data)] = data
+        self.pos += len(data)
+        if len(self.buffer) >= self.part_bytes + self.keep_bytes:
+            self._send(self.part_bytes)
+        return len(data)
+
+    def _send(self, n: int) -> None:
+        """The first `n` unsent bytes as the next part (after the part before it is up: one in flight)."""
+        from concurrent.futures import ThreadPoolExecutor
+        client, s = self.storage.client, self.storage
+        if self.upload_id is None:
+            self._abort_left_over()
+            self.upload_id = s._call(self.name, client.create_multipart_upload, Bucket=s.bucket,
+                                     Key=self.key)["UploadId"]
+            self.pool = ThreadPoolExecutor(1)
+        with memoryview(self.buffer) as unsent:
+            part, number = bytes(unsent[:n]), len(self.parts) + 1  # one copy (a slice of the bytearray is another)
+        del self.buffer[:n]
+        self.base += n
+        if self.parts:
+            self.parts[-1][1].result()
+        self.parts.append((number, self.pool.submit(
+            lambda: s._call(f"{self.name} (part {number})", client.upload_part, Bucket=s.bucket, Key=self.key,
+                            UploadId=self.upload_id, PartNumber=number, Body=part)["ETag"])))
+
+    def complete(self) -> None:
+        s = self.storage
+        if self.upload_id is None:
+            s.write(self.rel, bytes(self.buffer))
+            return
+        self._send(len(self.buffer))  # the last part may be smaller than 5 MiB
+        parts = [{"PartNumber": n, "ETag": f.result()} for n, f in self.parts]
+        s._call(self.name, s.client.complete_multipart_upload, Bucket=s.bucket, Key=self.key,
+                UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        self.pool.shutdown()
+
+    def abort(self) -> None:
+        """Best effort: the parts sent are dropped (an upload never completed is never an object)."""
+        if self.upload_id is None:
+            return
+        self.pool.shutdown(cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.storage.client.abort_multipart_upload(Bucket=self.storage.bucket, Key=self.key,
+                                                       UploadId=self.upload_id)
+
+    def _abort_left_over(self) -> None:
+        """Uploads of this key that a killed writer left incomplete (S3 keeps, and bills, their parts)."""
+        s = self.storage
+        with contextlib.suppress(Exception):
+            for upload in s.client.list_multipart_uploads(Bucket=s.bucket, Prefix=self.key).get("Uploads", []):
+                if upload["Key"] == self.key:
+                    s.client.abort_multipart_upload(Bucket=s.bucket, Key=self.key, UploadId=upload["UploadId"])
 
 
 def open_storage(uri: str) -> LocalStorage | S3Storage:
