@@ -86,11 +86,12 @@ def peak_rss_mib() -> float:
 
 
 def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
-    """One job in this process, then its zip; phases timed from the job's own steps."""
+    """One job in this process with its zip, as `--zip` runs it (`run_zipped`, step by step); phases timed from the
+    job's own steps: the zip is written during the run, and its phase is what is left after the report."""
     from gan.batch.engine import BatchOptions
     from gan.batch.generate import generate_job
     from gan.batch.stylize import stylize_job
-    from gan.batch.submission import assemble
+    from gan.batch.submission import JobZip, record_zip
     from gan.io.storage import open_storage
     from gan.ray_runtime import ensure_ray, set_verbose
     set_verbose(False)
@@ -101,13 +102,16 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     t_plan = time.perf_counter()
     assert job.resume() is None
     t_resume = time.perf_counter()
-    job.execute()
-    t_run = time.perf_counter()
-    result = job.report()
-    t_report = time.perf_counter()
-    del job  # as in jobs.cli: the job is gone when its zip is made
-    assemble(opts.output, f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
-             min_images=1, max_images=count, outputs_checked=True)  # as `--zip` after the job
+    earlier = job.earlier_outputs()
+    with JobZip(f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
+                min_images=1, max_images=count) as z:
+        job.execute(collect=z)
+        t_run = time.perf_counter()
+        result = job.report()
+        t_report = time.perf_counter()
+        z.add_read_back(opts.output, earlier)
+        z.finish(opts.output.uri)
+    record_zip(opts.output, result, z.made())
     t_zip = time.perf_counter()
     rss = peak_rss_mib()  # the job's driver, as `--zip` runs it
     manifest = len(opts.output.read("_manifest.json"))

@@ -10,7 +10,7 @@ from gan.batch.engine import BatchJob, BatchOptions, summary_line
 from gan.ray_runtime import is_verbose, set_verbose
 from gan.io.storage import (StorageError, StorageFullError, StorageUnavailableError, open_storage, resolve_uri,
                             set_retry_window)
-from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, zip_of_job
+from gan.batch.submission import MAX_IMAGES, MIN_IMAGES, SubmissionError, run_zipped
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -145,19 +145,22 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 
 def run_batch_job(args: argparse.Namespace, plan: Callable[[BatchOptions], BatchJob]) -> int:
-    """Plan the job, run it (it starts or joins Ray once its inputs are checked), print its summary line, and
-    assemble the zip when --zip is given (a finished job's rerun leaves the zip it made, when untouched since).
+    """Plan the job, run it (it starts or joins Ray once its inputs are checked) and print its summary line; with
+    --zip, make the zip as it runs (a finished job's rerun leaves the zip it made, when untouched since).
     A plan with fewer outputs than the zip's minimum fails before the run: the zip after it could only fail."""
     opts = batch_options(args)
     job = plan(opts)
-    if args.zip and len(job.plan) < args.min_images:
+    if not args.zip:
+        result = job.run()
+        del job
+        print(summary_line(result))
+        return 0
+    if len(job.plan) < args.min_images:
         raise SubmissionError(f"{job.name}: {len(job.plan)} outputs planned, fewer than the {args.min_images} images "
                               "the zip needs (--min-images); nothing was run (lower --min-images, or drop --zip)")
-    result = job.run()
-    del job  # its plan (~0.5 KB an input) is not the zip's: gone before the zip is made
+    result, z, now = run_zipped(job, args.zip, args.min_images, args.max_images)
+    del job
     print(summary_line(result))
-    if args.zip:
-        z, now = zip_of_job(opts.output, result, args.zip, args.min_images, args.max_images)
-        print(f"zip: {z['images']} images -> {z['zip']}" if now else
-              f"zip: already made of these outputs, untouched since ({z['images']} images) -> {z['zip']}")
+    print(f"zip: {z['images']} images -> {z['zip']}" if now else
+          f"zip: already made of these outputs, untouched since ({z['images']} images) -> {z['zip']}")
     return 0

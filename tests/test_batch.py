@@ -361,6 +361,70 @@ def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, 
     assert not few.exists() or list(few.iterdir()) == []
 
 
+def test_a_job_zips_each_output_as_it_writes_it_and_reads_back_only_an_earlier_runs(
+        ray_cluster, dcgan_ckpt, tmp_path, capsys, monkeypatch):
+    """--zip: the zip is made of each output's bytes as the job writes them, not read back from the folder; a
+    resumed job reads back only what its earlier run wrote. The zip holds exactly the outputs, byte for byte, and
+    one whose count is out of range never appears."""
+    from jobs.cli import run_main
+    from jobs import generate as generate_job
+    out, target = tmp_path / "gen", tmp_path / "images.zip"
+    reads, read = [], LocalStorage.read  # the driver's reads (the write tasks run in Ray's workers)
+    monkeypatch.setattr(LocalStorage, "read", lambda self, key: reads.append(key) or read(self, key))
+    command = ["--checkpoint", dcgan_ckpt, "--count", "6", "--output", str(out), "--no-progress",
+               "--min-images", "6", "--max-images", "6"]
+
+    def zipped(path: Path = target) -> dict:
+        with zipfile.ZipFile(path) as zf:
+            return {name: zf.read(name) for name in zf.namelist()}
+
+    assert generate_job.main(command + ["--zip", str(target)]) == 0
+    assert "zip: 6 images" in capsys.readouterr().out
+    outputs = {p.name: p.read_bytes() for p in out.glob("*.jpg")}
+    assert len(outputs) == 6 and zipped() == outputs
+    assert not [k for k in reads if k.endswith(".jpg")]
+    # an interrupted run: two outputs missing. The rerun makes those two, reads back the four an earlier run wrote
+    gone = sorted(outputs)[1:3]
+    for name in gone:
+        (out / name).unlink()
+    reads.clear()
+    assert generate_job.main(command + ["--zip", str(target)]) == 0
+    assert "generate: 6 images (2 new, 4 already done)" in capsys.readouterr().out
+    assert sorted(k for k in reads if k.endswith(".jpg")) == sorted(set(outputs) - set(gone))
+    now = {p.name: p.read_bytes() for p in out.glob("*.jpg")}
+    assert zipped() == now and sorted(now) == sorted(outputs)
+    assert all(now[name] == data for name, data in outputs.items() if name not in gone)
+    made = json.loads((out / REPORT).read_text())["zip"]
+    assert made["images"] == 6 and made["bytes"] == sum(map(len, now.values())) and made["zip"] == str(target)
+    # a count the range refuses, found once the job has run: the job's outputs and report stay, no zip appears
+    (out / gone[0]).unlink()
+    assert run_main(generate_job.main, command[:-4] + ["--min-images", "1", "--max-images", "5",
+                                                       "--zip", str(tmp_path / "few.zip")]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
+    assert len(err) == 1 and "6 images, a submission needs 1 to 5" in err[0]
+    assert (out / gone[0]).is_file() and (out / REPORT).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "images.zip"]  # no few.zip, no temporary file
+
+
+def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tmp_path):
+    """With a zip made as the job runs, the write task checks each output and sends its bytes on to the driver; an
+    output that fails the check is its row's error and is not written. Without one, nothing is sent on."""
+    from gan.batch.pipeline import Row, WriteStage
+    storage = LocalStorage(str(tmp_path))
+    rows = np.empty(3, dtype=object)
+    rows[:] = [Row(f"p{i}", i, out=f"o{i}.jpg") for i in range(3)]
+    jpegs = np.empty(3, dtype=object)
+    jpegs[:] = [image_bytes(seed=1), image_bytes(size=(64, 64)), b""]
+    batch = {"row": rows, "jpeg": jpegs, "error": np.array(["", "", "p2: broken"], dtype=object)}
+    sent = WriteStage(storage, pass_on=check_submission_image)(batch)
+    assert list(sent["error"]) == ["", "o1.jpg: is 64x64, the submission needs 256x256", "p2: broken"]
+    assert os.listdir(tmp_path) == ["o0.jpg"] and (tmp_path / "o0.jpg").read_bytes() == jpegs[0]
+    assert list(sent["jpeg"]) == [jpegs[0], b"", b""]
+    plain = WriteStage(LocalStorage(str(tmp_path / "plain")))(batch)
+    assert "jpeg" not in plain and list(plain["error"]) == list(batch["error"])
+    assert sorted(os.listdir(tmp_path / "plain")) == ["o0.jpg", "o1.jpg"]
+
+
 def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tmp_path):
     photos = sorted((demo_data / "photo_jpg").glob("*.jpg"))[:6]
     with zipfile.ZipFile(tmp_path / "photos.zip", "w", zipfile.ZIP_DEFLATED) as zf:

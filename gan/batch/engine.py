@@ -16,7 +16,7 @@ import resource
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -53,6 +53,17 @@ class BatchOptions:
     actor_cls: type | None = None        # default GeneratorActor; tests pass a subclass that fails on purpose
     overwrite: bool = False              # replace another job's outputs in `output` instead of refusing
     verify_inputs: bool = False          # digest every local input again, not only those whose file changed
+
+
+class OutputCollector(Protocol):
+    """What a job hands each output it writes, beside the storage: a zip made as the job runs."""
+
+    @staticmethod
+    def check(data: bytes, name: str) -> None:
+        """Runs in the write tasks, before the output is written: a ValueError makes the output its row's error."""
+
+    def add(self, key: str, data: bytes) -> None:
+        """Runs in the driver, once per output written, in the order they come back."""
 
 
 @dataclass
@@ -232,9 +243,10 @@ class BatchJob:
         self.todo = [row for row in self.plan if row.out not in existing]
         return None
 
-    def execute(self) -> None:
-        """The missing outputs through the pipeline: what each batch wrote or rejected, and on which node. Storage
-        that stays away past its retry window, or a full disk, stops the job with one line saying how far it got."""
+    def execute(self, collect: OutputCollector | None = None) -> None:
+        """The missing outputs through the pipeline: what each batch wrote or rejected, and on which node; with
+        `collect`, each output's bytes go to it as they come back. Storage that stays away past its retry window,
+        or a full disk, stops the job with one line saying how far it got."""
         opts = self.opts
         self.rejected, self.written, self.per_node = list(self.early_rejects), 0, {}
         start = time.monotonic()
@@ -244,11 +256,16 @@ class BatchJob:
                 {"checkpoint": opts.checkpoint, "inputs_of": self.inputs_of, "seed": self.seed,
                  "channels_last": opts.channels_last, "compile": opts.compile, "batch_size": opts.batch_size},
                 actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
-                decode=self.decode(), write=WriteStage(opts.output), label=self.name, progress=opts.progress)
+                decode=self.decode(), write=WriteStage(opts.output, collect.check if collect is not None else None),
+                label=self.name, progress=opts.progress)
             try:
                 with closing(results):  # however the loop ends, Ray Data's executor and actors end first
                     for batch in results:
                         self._count(batch)
+                        if collect is not None:
+                            for row, error, data in zip(batch["row"], batch["error"], batch["jpeg"]):
+                                if not error:
+                                    collect.add(row.out, bytes(data))
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
                 done = len(self.plan) - len(self.todo) + self.written
                 stop_local_ray()
@@ -272,6 +289,11 @@ class BatchJob:
                 raise stop[0](f"{self.name} stopped: {stop[1]}; at least {done} of {len(self.plan)} outputs are "
                               "done (rerun the same command to continue)")
         self.seconds = time.monotonic() - start
+
+    def earlier_outputs(self) -> list[str]:
+        """After `resume`: the outputs of this job that an earlier run wrote (not to be made again), in name order."""
+        todo = {row.out for row in self.todo}
+        return sorted(row.out for row in self.plan if row.out not in todo)
 
     def _count(self, batch: dict) -> None:
         nodes = batch.get("node", [None] * len(batch["row"]))
@@ -318,4 +340,4 @@ def summary_line(result: JobResult) -> str:
 
 
 __all__ = ["MANIFEST", "REPORT", "OUTPUT_SUFFIX", "BatchOptions", "BatchJob", "JobResult", "JobMismatchError",
-           "GeneratorActor", "summary_line"]
+           "GeneratorActor", "OutputCollector", "summary_line"]

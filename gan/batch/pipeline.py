@@ -119,21 +119,37 @@ class ReadStage:
 
 class WriteStage:
     """Write each good row atomically under its `out` key: its `jpeg` bytes when the actor encoded them, else its
-    `pixels` JPEG-encoded here; pixels and bytes are dropped, the other columns (`row`, `error`, the actor's
-    `node`) go on to the driver."""
+    `pixels` JPEG-encoded here; pixels are dropped, the other columns (`row`, `error`, the actor's `node`) go on to
+    the driver. With `pass_on` (a check of an output's bytes, raising ValueError), each output's bytes go on too
+    (`jpeg`, for a zip the driver makes as the job runs), checked here first: one that fails is its row's error and
+    is not written."""
 
-    def __init__(self, storage: Storage):
-        self.storage = storage
+    def __init__(self, storage: Storage, pass_on: Callable[[bytes, str], None] | None = None):
+        self.storage, self.pass_on = storage, pass_on
 
     def __call__(self, batch: dict) -> dict:
         encoded = batch.get("jpeg")
-        for i, (row, error) in enumerate(zip(batch["row"], batch["error"])):
+        written = np.empty(len(batch["row"]), dtype=object)
+        written[:] = b""
+        errors = list(batch["error"])
+        for i, (row, error) in enumerate(zip(batch["row"], errors)):
             if error:
                 continue
+            data = encoded[i] if encoded is not None else encode_jpeg(batch["pixels"][i])
+            if self.pass_on is not None:
+                try:
+                    self.pass_on(data, row.out)
+                except ValueError as e:
+                    errors[i] = str(e)
+                    continue
+                written[i] = data
             # a fault of the storage itself (an outage past its retry window, a full disk) stops the job: the
             # driver says how far it got, and the rerun writes the rest (what was written is whole)
-            self.storage.write(row.out, encoded[i] if encoded is not None else encode_jpeg(batch["pixels"][i]))
-        return {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
+            self.storage.write(row.out, data)
+        kept = {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
+        if self.pass_on is None:
+            return kept
+        return {**kept, "error": np.array(errors, dtype=object), "jpeg": written}
 
 
 class Progress:

@@ -1,15 +1,19 @@
 """The Kaggle submission: `images.zip` of 7,000-10,000 JPEGs, each 256x256 RGB.
 
-Images are streamed from storage into the zip in name order (stored, not deflated: JPEG does not compress further),
-read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a local folder
-in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU work, mostly
-under the GIL), so memory stays flat at any count; the zip appears at its target only when whole (a local rename, or
-an S3 upload, multipart when large). The same images give the same zip, byte for byte, whenever it is assembled:
-each entry carries a fixed date, not the clock's.
+A job run with a zip (`run_zipped`) makes it as it runs: each output's bytes, checked in the write task, go into
+the zip as they come back to the driver, so the zip does not read its job's outputs back (only those an earlier run
+of the job wrote). Otherwise (`assemble`: `jobs.assemble`, the pipeline) images are streamed from storage into the zip
+in name order, read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a
+local folder in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU
+work, mostly under the GIL), and the same images give the same zip, byte for byte (a job's own zip holds its
+entries in the order they were made). Stored, not deflated (JPEG does not compress further); each entry carries a
+fixed date, not the clock's; memory stays flat at any count; the zip appears at its target only when whole and its
+count in range (a local rename, or an S3 upload, multipart when large).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import itertools
@@ -26,7 +30,7 @@ from gan.io.images import IMAGE_SIZE, BadImageError, open_image
 from gan.io.storage import Storage, StorageError, split_uri
 
 if TYPE_CHECKING:  # not imported at run time: the engine brings Ray Data, which a zip alone does not need
-    from gan.batch.engine import JobResult
+    from gan.batch.engine import BatchJob, JobResult
 
 MIN_IMAGES, MAX_IMAGES = 7_000, 10_000
 ENTRY_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries do not record when they were written
@@ -102,19 +106,83 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
     return {"images": len(keys), "bytes": total, "zip": output_uri, "identity": file_identity(target, name)}
 
 
+class JobZip:
+    """A job's zip, made as the job runs (`BatchJob.execute(collect=...)`): the write tasks check each output as a
+    submission image (`check`), the driver adds its bytes as they come back (`add`), then those an earlier run wrote
+    (`add_read_back`); `finish` checks the count. A `with` block: the zip appears at `uri` only when the block ends
+    without error."""
+    check = staticmethod(check_submission_image)
+
+    def __init__(self, uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES):
+        self.uri, self.min_images, self.max_images = uri, min_images, max_images
+        self.target, self.name = split_uri(uri)
+        self.images = self.bytes = 0
+
+    def __enter__(self) -> "JobZip":
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(self.target.open_write(self.name))
+            self._zip = stack.enter_context(zipfile.ZipFile(f, "w", zipfile.ZIP_STORED))
+            self._open = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._open.__exit__(*exc)
+
+    def add(self, key: str, data: bytes) -> None:
+        self._zip.writestr(zip_entry(key), data)
+        self.images += 1
+        self.bytes += len(data)
+
+    def add_read_back(self, storage: Storage, keys: list[str]) -> None:
+        """Read, check and add these outputs (in processes for many, as `assemble` does)."""
+        processes = checking_processes() if storage.reads_in_processes and len(keys) >= PROCESSES_FROM else 0
+        for key, data in checked_images(storage, keys, storage.read_ahead, processes):
+            self.add(key, data)
+
+    def finish(self, where: str) -> None:
+        """In the block: a count out of range fails it, so that zip never appears."""
+        check_count(self.images, where, self.min_images, self.max_images)
+
+    def made(self) -> dict:
+        """After the block: what `assemble` returns for the zip it made."""
+        return {"images": self.images, "bytes": self.bytes, "zip": self.uri,
+                "identity": file_identity(self.target, self.name)}
+
+
+def run_zipped(job: BatchJob, uri: str, min_images: int = MIN_IMAGES,
+               max_images: int = MAX_IMAGES) -> tuple[JobResult, dict, bool]:
+    """Run `job` and make the zip of its outputs at `uri` as it runs (`JobZip`): (the job's result, the zip's
+    record, whether the zip was made now). The zip is recorded in the job's report; a rerun that finds the job
+    finished makes no zip when the one its report records is untouched since (`zip_of_job`)."""
+    done = job.resume()
+    if done is not None:
+        return (done, *zip_of_job(job.opts.output, done, uri, min_images, max_images))
+    earlier = job.earlier_outputs()
+    with JobZip(uri, min_images, max_images) as z:
+        job.execute(collect=z)
+        result = job.report()
+        z.add_read_back(job.opts.output, earlier)
+        z.finish(job.opts.output.uri)
+    return result, record_zip(job.opts.output, result, z.made()), True
+
+
 def zip_of_job(output: Storage, result: JobResult, uri: str, min_images: int = MIN_IMAGES,
                max_images: int = MAX_IMAGES) -> tuple[dict, bool]:
-    """The zip of a job's outputs, right after `result` came from its run: (what `assemble` returned, whether it was
+    """The zip of a job's outputs, after `result` came from its run: (what `assemble` returned, whether it was
     made now). Made without listing the folder (the job has just written or found each output) and recorded in the
     job's report; a rerun that found the job finished leaves the zip its report records, when it is untouched since
     at `uri` and its count in the range."""
     made = result.report.get("zip")
     if result.skipped_run and _is_untouched(made, uri, min_images, max_images):
         return made, False
-    made = assemble(output, uri, min_images, max_images, outputs_checked=True)
+    return record_zip(output, result, assemble(output, uri, min_images, max_images, outputs_checked=True)), True
+
+
+def record_zip(output: Storage, result: JobResult, made: dict) -> dict:
+    """`made` recorded in the job's report (for a rerun to find): returned as it is."""
     result.report["zip"] = made
     write_report(output, result.report)
-    return made, True
+    return made
 
 
 def _is_untouched(made: dict | None, uri: str, min_images: int, max_images: int) -> bool:
