@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,22 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+def sample_shared_peak() -> dict:
+    """Start sampling this process's RssShmem (every 0.2 s): the pages of Ray's object store it has mapped, which
+    count in its RSS but are the store's memory, shared, not the driver's own. The returned dict holds the peak."""
+    import threading
+    peak = {"mib": 0.0}
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                shm = next(int(line.split()[1]) for line in f if line.startswith("RssShmem:")) / 1024
+            peak["mib"] = max(peak["mib"], shm)
+            time.sleep(0.2)
+    threading.Thread(target=sample, daemon=True).start()
+    return peak
+
+
 def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     """One job in this process with its zip, as `--zip` runs it (`run_zipped`, step by step); phases timed from the
     job's own steps: the zip is written during the run, and its phase is what is left after the report."""
@@ -95,6 +112,7 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     from gan.io.storage import open_storage
     from gan.ray_runtime import ensure_ray, set_verbose
     set_verbose(False)
+    shared = sample_shared_peak()
     ensure_ray()
     opts = BatchOptions(checkpoint=checkpoint, output=open_storage(out), batch_size=64, progress=False)
     t0 = time.perf_counter()
@@ -103,10 +121,13 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     assert job.resume() is None
     t_resume = time.perf_counter()
     earlier = job.earlier_outputs()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     with JobZip(f"{out}/../{Path(out).name}.zip" if not out.startswith("s3://") else f"{out}.zip",
                 min_images=1, max_images=count) as z:
         job.execute(collect=z)
         t_run = time.perf_counter()
+        after = resource.getrusage(resource.RUSAGE_SELF)  # the driver's own CPU through the run (the zip's part in it)
+        run_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
         result = job.report()
         t_report = time.perf_counter()
         z.add_read_back(opts.output, earlier)
@@ -118,6 +139,7 @@ def one(mode: str, source: str, out: str, checkpoint: str, count: int) -> dict:
     return {"mode": mode, "n": count, "plan_s": t_resume - t0, "scan_s": t_plan - t0, "run_s": t_run - t_resume,
             "report_s": t_report - t_run, "zip_s": t_zip - t_report,
             "images_per_s": result.report["counts"]["written"] / (t_run - t_resume), "rss_mib": rss,
+            "shared_mib": shared["mib"], "run_cpu_s": run_cpu,
             "manifest_mb": manifest / 1e6}
 
 
@@ -267,17 +289,20 @@ def main() -> int:
             rows.append(r)
             overhead = (r["plan_s"] + r["report_s"] + r["zip_s"]) / r["run_s"]
             print(f"{mode:8s} N={n:>9,}: plan {r['plan_s']:7.2f} s (scan {r['scan_s']:.2f})  run {r['run_s']:8.1f} s  "
-                  f"report {r['report_s']:5.2f} s  zip {r['zip_s']:6.2f} s  {r['images_per_s']:7.1f} images/s  "
-                  f"overhead {overhead:6.1%}  RSS {r['rss_mib']:7.0f} MiB  manifest {r['manifest_mb']:6.2f} MB  "
+                  f"(driver CPU {r['run_cpu_s']:.1f} s)  report {r['report_s']:5.2f} s  zip {r['zip_s']:6.2f} s  "
+                  f"{r['images_per_s']:7.1f} images/s  "
+                  f"overhead {overhead:6.1%}  RSS {r['rss_mib']:7.0f} MiB (object store {r['shared_mib']:.0f})  "
+                  f"manifest {r['manifest_mb']:6.2f} MB  "
                   f"rerun {r['rerun_s']:6.2f} s (RSS {r['rerun_rss_mib']:.0f} MiB)", flush=True)
     print("\n| mode | N | planning s | run s | report + zip s | images/s | vs smallest N | overhead | driver RSS MiB "
-          "| manifest MB | complete rerun s | rerun RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| of it object store | manifest MB | complete rerun s | rerun RSS MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["mode"] == r["mode"])
         print(f"| {r['mode']} | {r['n']:,} | {r['plan_s']:.2f} | {r['run_s']:.1f} | {r['report_s'] + r['zip_s']:.2f} | "
               f"{r['images_per_s']:.1f} | {r['images_per_s'] / base['images_per_s']:.2f}x | "
               f"{(r['plan_s'] + r['report_s'] + r['zip_s']) / r['run_s']:.1%} | {r['rss_mib']:.0f} | "
-              f"{r['manifest_mb']:.2f} | {r['rerun_s']:.2f} | {r['rerun_rss_mib']:.0f} |")
+              f"{r['shared_mib']:.0f} | {r['manifest_mb']:.2f} | {r['rerun_s']:.2f} | {r['rerun_rss_mib']:.0f} |")
     if server is not None:
         server.stop()
     return 0

@@ -410,13 +410,18 @@ def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tm
     """With a zip made as the job runs, the write task checks each output and sends its bytes on to the driver; an
     output that fails the check is its row's error and is not written. Without one, nothing is sent on."""
     from gan.batch.pipeline import Row, WriteStage
+    from gan.batch.submission import JobZip
+    for bad, says in ((image_bytes(fmt="PNG"), "is PNG"), (image_bytes(mode="L"), "has mode L"),
+                      (b"\xff\xd8 not a jpeg", "not an image")):  # what the write task checks: the header alone
+        with pytest.raises(SubmissionError, match=says):
+            JobZip.check(bad, "x.jpg")
     storage = LocalStorage(str(tmp_path))
     rows = np.empty(3, dtype=object)
     rows[:] = [Row(f"p{i}", i, out=f"o{i}.jpg") for i in range(3)]
     jpegs = np.empty(3, dtype=object)
     jpegs[:] = [image_bytes(seed=1), image_bytes(size=(64, 64)), b""]
     batch = {"row": rows, "jpeg": jpegs, "error": np.array(["", "", "p2: broken"], dtype=object)}
-    sent = WriteStage(storage, pass_on=check_submission_image)(batch)
+    sent = WriteStage(storage, pass_on=JobZip.check)(batch)
     assert list(sent["error"]) == ["", "o1.jpg: is 64x64, the submission needs 256x256", "p2: broken"]
     assert os.listdir(tmp_path) == ["o0.jpg"] and (tmp_path / "o0.jpg").read_bytes() == jpegs[0]
     assert list(sent["jpeg"]) == [jpegs[0], b"", b""]

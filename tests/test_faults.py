@@ -226,6 +226,11 @@ def test_an_s3_file_goes_up_as_it_is_written_and_appears_only_when_whole(s3, buc
             f.write(rng.bytes(11 * 1024 ** 2))
             f.seek(0)
     assert not storage.exists("c.bin") and uploads() == []
+    big = rng.bytes(23 * 1024 ** 2)  # one write of 23 MiB: parts of 5 MiB as it goes (8 MiB kept back, then sent)
+    with storage.open_write("big.bin") as f:
+        f.write(big)
+    assert storage.read("big.bin") == big
+    assert s3.head_object(Bucket=bucket, Key="out/big.bin")["ETag"].strip('"').endswith("-4") and uploads() == []
     with storage.open_write("small.bin") as f:  # under two parts: one PUT
         f.write(b"abc")
         f.seek(1)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from PIL import Image
 
 from gan.batch.manifest import manifest_outputs, write_report
-from gan.io.images import IMAGE_SIZE, BadImageError, open_image
+from gan.io.images import IMAGE_SIZE, BadImageError, open_header, open_image
 from gan.io.storage import Storage, StorageError, split_uri
 
 if TYPE_CHECKING:  # not imported at run time: the engine brings Ray Data, which a zip alone does not need
@@ -56,19 +56,28 @@ def zip_entry(name: str) -> zipfile.ZipInfo:
 def check_submission_image(data: bytes, name: str) -> None:
     """An image Kaggle takes: a JPEG, 256x256, RGB as stored, and whole (its stream decoded at 1/8 scale: damage
     still shows, at half the cost of a full decode); opened once for both."""
-    def header(img: Image.Image) -> None:
-        if img.format != "JPEG":
-            raise SubmissionError(f"{name}: is {img.format}, the submission needs JPEG")
-        if img.size != (IMAGE_SIZE, IMAGE_SIZE):
-            raise SubmissionError(f"{name}: is {img.width}x{img.height}, the submission needs "
-                                  f"{IMAGE_SIZE}x{IMAGE_SIZE}")
-        if img.mode != "RGB":
-            raise SubmissionError(f"{name}: has mode {img.mode}, the submission needs RGB")
-
     try:
-        open_image(data, name, draft=(IMAGE_SIZE // 8, IMAGE_SIZE // 8), header=header)
+        open_image(data, name, draft=(IMAGE_SIZE // 8, IMAGE_SIZE // 8), header=functools.partial(_header, name))
     except BadImageError as e:
         raise SubmissionError(str(e)) from None
+
+
+def check_made_image(data: bytes, name: str) -> None:
+    """`check_submission_image` for bytes a job has just encoded, not read back: whole by construction, so only
+    their header is checked (JPEG, 256x256, RGB), not their stream (~0.03 ms here, against ~0.4-0.7)."""
+    try:
+        _header(name, open_header(data, name))
+    except BadImageError as e:
+        raise SubmissionError(str(e)) from None
+
+
+def _header(name: str, img: Image.Image) -> None:
+    if img.format != "JPEG":
+        raise SubmissionError(f"{name}: is {img.format}, the submission needs JPEG")
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise SubmissionError(f"{name}: is {img.width}x{img.height}, the submission needs {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if img.mode != "RGB":
+        raise SubmissionError(f"{name}: has mode {img.mode}, the submission needs RGB")
 
 
 def image_keys(storage: Storage, outputs_checked: bool = False) -> list[str]:
@@ -107,11 +116,11 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
 
 
 class JobZip:
-    """A job's zip, made as the job runs (`BatchJob.execute(collect=...)`): the write tasks check each output as a
-    submission image (`check`), the driver adds its bytes as they come back (`add`), then those an earlier run wrote
-    (`add_read_back`); `finish` checks the count. A `with` block: the zip appears at `uri` only when the block ends
-    without error."""
-    check = staticmethod(check_submission_image)
+    """A job's zip, made as the job runs (`BatchJob.execute(collect=...)`): the write tasks check each output they
+    have just encoded (`check`: its header), the driver adds its bytes as they come back (`add`), then those an
+    earlier run wrote, read back and checked whole (`add_read_back`); `finish` checks the count. A `with` block: the
+    zip appears at `uri` only when the block ends without error."""
+    check = staticmethod(check_made_image)
 
     def __init__(self, uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES):
         self.uri, self.min_images, self.max_images = uri, min_images, max_images

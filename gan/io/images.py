@@ -38,12 +38,7 @@ def open_image(data: bytes, name: str, draft: tuple[int, int] | None = None,
     of its stream is still read and entropy-decoded, so a truncated or damaged file fails as at full size, for about
     half the cost; the image returned is the reduced one. `header` is called with the image as opened, before it is
     decoded (its format, size and mode as stored), and may raise its own error."""
-    if len(data) == 0:
-        raise BadImageError(name, "file is empty (0 bytes)")
-    if len(data) > MAX_BYTES:
-        raise BadImageError(name, f"file is {len(data)} bytes, over the {MAX_BYTES}-byte limit")
-    with _decoding(name):
-        img = Image.open(io.BytesIO(data))
+    img = open_header(data, name)
     if header is not None:
         header(img)
     with _decoding(name):
@@ -53,6 +48,16 @@ def open_image(data: bytes, name: str, draft: tuple[int, int] | None = None,
     if img.width < 1 or img.height < 1:
         raise BadImageError(name, f"image has no pixels ({img.width}x{img.height})")
     return img
+
+
+def open_header(data: bytes, name: str) -> Image.Image:
+    """`data` opened, not decoded: its format, size and mode as stored (BadImageError for what cannot be opened)."""
+    if len(data) == 0:
+        raise BadImageError(name, "file is empty (0 bytes)")
+    if len(data) > MAX_BYTES:
+        raise BadImageError(name, f"file is {len(data)} bytes, over the {MAX_BYTES}-byte limit")
+    with _decoding(name):
+        return Image.open(io.BytesIO(data))
 
 
 @contextmanager

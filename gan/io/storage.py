@@ -481,7 +481,7 @@ class S3Upload(io.RawIOBase):
         start = self.pos - self.base
         self.buffer[start:start + len(data)] = data
         self.pos += len(data)
-        if len(self.buffer) >= self.part_bytes + self.keep_bytes:
+        while len(self.buffer) >= self.part_bytes + self.keep_bytes:
             self._send(self.part_bytes)
         return len(data)
 
