@@ -104,19 +104,14 @@ def assemble(storage: Storage, output_uri: str, min_images: int = MIN_IMAGES, ma
     its read)."""
     keys = image_keys(storage, outputs_checked)
     check_count(len(keys), storage.uri, min_images, max_images)
-    target, name = split_uri(output_uri)
-    processes = checking_processes() if storage.reads_in_processes and len(keys) >= PROCESSES_FROM else 0
-    total = 0
-    with target.open_write(name) as f:
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-            for key, data in checked_images(storage, keys, storage.read_ahead, processes):
-                zf.writestr(zip_entry(key), data)
-                total += len(data)
-    return {"images": len(keys), "bytes": total, "zip": output_uri, "identity": file_identity(target, name)}
+    with JobZip(output_uri, min_images, max_images) as z:
+        z.add_read_back(storage, keys)
+    return z.made()
 
 
 class JobZip:
-    """A job's zip, made as the job runs (`BatchJob.execute(collect=...)`): the write tasks check each output they
+    """A zip being written: `assemble`'s (every image read back), or a job's, made as the job runs
+    (`BatchJob.execute(collect=...)`): the write tasks check each output they
     have just encoded (`check`: its header), the driver adds its bytes as they come back (`add`), then those an
     earlier run wrote, read back and checked whole (`add_read_back`); `finish` checks the count. A `with` block: the
     zip appears at `uri` only when the block ends without error."""
