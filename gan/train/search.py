@@ -25,7 +25,7 @@ from gan.train.settings import (TrainSettings, check_settings, check_workers_pla
                                 run_fields, searchable, worker_count)
 from gan.train.worker import LoopHook
 
-DOMAINS = ("choice", "uniform", "loguniform", "randint", "quniform")
+DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 
 
 @dataclass
@@ -40,8 +40,9 @@ class SearchOptions:
 
 
 def parse_space(space: dict, allowed: set[str]) -> dict:
-    """YAML search space -> Tune domains. A value is fixed, or one of {choice: [...]}, {uniform: [lo, hi]},
-    {loguniform: [lo, hi]}, {randint: [lo, hi]}, {quniform: [lo, hi, q]}."""
+    """YAML search space -> Tune domains. A value is fixed, or one of {choice: [...]}, {grid: [...]} (every value,
+    in order, in each of the search's samples), {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]},
+    {quniform: [lo, hi, q]}."""
     from ray import tune
     out = {}
     for key, value in space.items():
@@ -51,8 +52,11 @@ def parse_space(space: dict, allowed: set[str]) -> dict:
             if len(value) != 1 or next(iter(value)) not in DOMAINS:
                 raise SearchError(f"search space: {key}: expected one of {DOMAINS} as its only key, got {value}")
             kind, args = next(iter(value.items()))
+            if kind in ("choice", "grid") and (not isinstance(args, list) or not args):
+                raise SearchError(f"search space: {key}: {kind} needs a non-empty list of values, got {args!r}")
             try:
-                out[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
+                out[key] = (tune.choice(args) if kind == "choice" else tune.grid_search(args) if kind == "grid"
+                            else getattr(tune, kind)(*args))
             except (TypeError, ValueError) as e:
                 raise SearchError(f"search space: {key}: {kind} {args}: {e}") from None
         else:
@@ -163,6 +167,17 @@ def _report(m: dict, path: str | None, trial_id: str) -> None:
         ray.tune.report({**metrics, "checkpoint_path": path}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
+def _grid(domain) -> list | None:
+    """A grid's values (Tune's `grid_search` is a plain dict), else None."""
+    return domain["grid_search"] if isinstance(domain, dict) and "grid_search" in domain else None
+
+
+def _samples(domains: dict) -> list[dict]:
+    """Trials to check before the search: one sampled, and one more for each further value of each grid."""
+    first = {k: (v.sample() if hasattr(v, "sample") else _grid(v)[0] if _grid(v) else v) for k, v in domains.items()}
+    return [first] + [{**first, k: value} for k, v in domains.items() for value in (_grid(v) or [])[1:]]
+
+
 def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
     """ASHA: stop trials whose score trails the others' at grace, 2 x grace, 4 x grace, ... epochs.
     PBT: every `perturbation_epochs`, once every trial got there, the worst quarter continue the best quarter's
@@ -184,6 +199,10 @@ def _scheduler(opts: SearchOptions, epochs: int, domains: dict):
 def _check_pbt_space(domains: dict) -> None:
     """PBT continues one trial's weights with another's settings: only settings that leave the networks' shapes
     as they are may vary, and at least one must."""
+    grids = [k for k, v in domains.items() if _grid(v)]
+    if grids:
+        raise SearchError(f"search space: {', '.join(grids)}: PBT perturbs the values it samples; give "
+                          f"{{choice: [...]}}, not a grid")
     varied = [k for k, v in domains.items() if hasattr(v, "sample")]
     fixed_only = [k for k in varied if k not in PBT_MUTABLE]
     if fixed_only:
@@ -220,9 +239,9 @@ def run_search(base: TrainSettings, space: dict, opts: SearchOptions, name: str,
     domains = parse_space(space, searchable(base.model))
     if opts.scheduler == "pbt":
         _check_pbt_space(domains)
-    sample = {k: (v.sample() if hasattr(v, "sample") else v) for k, v in domains.items()}
     base = check_settings(base)
-    trial_settings(base, sample).build_model_config()  # a sampled trial's sizes: fail here, not in every trial
+    for sample in _samples(domains):  # a trial's sizes: fail here, not in every trial
+        trial_settings(base, sample).build_model_config()
     ensure_ray()
     check_workers_placeable(base)
     root = f"{storage.rstrip('/')}/{name}"
