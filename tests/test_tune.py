@@ -74,6 +74,9 @@ def test_a_bad_space_fails_before_any_trial(ray_cluster, demo_data, tmp_path, ca
     path = _space_file(tmp_path, space={"ngf": {"choice": [8]}, "upsample": {"choice": ["sideways"]}})
     code = run_main(tune_job.main, ["--space", str(path), "--data", str(demo_data), "--storage", str(tmp_path)])
     assert code == 2 and "upsample must be one of" in capsys.readouterr().err
+    path = _space_file(tmp_path, space={"upsample": {"grid": ["resize", "sideways"]}})  # each grid value checked
+    code = run_main(tune_job.main, ["--space", str(path), "--data", str(demo_data), "--storage", str(tmp_path)])
+    assert code == 2 and "upsample must be one of" in capsys.readouterr().err
 
 
 def test_asha_stops_poor_trials_and_the_report_ranks_them(ray_cluster, demo_data, tmp_path):
