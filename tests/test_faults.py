@@ -182,6 +182,40 @@ def test_a_failed_write_leaves_no_temp_file_and_names_the_device(tmp_path, monke
     assert os.listdir(tmp_path) == []
 
 
+CUT_SHORT_IMPORT = """
+import sys
+from gan.io.storage import open_storage
+
+def cancel_there(frame, event, arg):  # Ray cancelling the task: an exception raised where the task happens to be
+    if event == "call" and frame.f_code.co_filename.endswith("boto3/resources/factory.py"):
+        sys.settrace(None)
+        raise KeyboardInterrupt("task cancelled")
+
+sys.settrace(cancel_there)
+try:
+    import boto3
+except KeyboardInterrupt:
+    pass
+sys.settrace(None)
+assert "boto3" not in sys.modules and "boto3.utils" in sys.modules  # what the cut-short import left
+storage = open_storage(sys.argv[1])
+before = storage.read("before.txt")  # a read first, as the next task's decode stage did
+storage.write("a.txt", before + b", written after the cut")
+print(storage.read("a.txt").decode())
+"""
+
+
+def test_s3_works_in_a_worker_whose_first_boto3_import_a_cancelled_task_cut_short(s3, bucket):
+    """A task cancelled inside the worker's first `import boto3` leaves boto3's finished submodules without their
+    package; the worker process lives on for later tasks, whose S3 clients must still work (CI saw every later job
+    in such a worker fail with "module 'boto3' has no attribute 'utils'")."""
+    s3.put_object(Bucket=bucket, Key="cut/before.txt", Body=b"read")
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT_IMPORT, f"s3://{bucket}/cut"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "read, written after the cut", done.stderr[-2000:]
+    assert s3.get_object(Bucket=bucket, Key="cut/a.txt")["Body"].read() == b"read, written after the cut"
+
+
 def test_an_s3_file_goes_up_as_it_is_written_and_appears_only_when_whole(s3, bucket, monkeypatch):
     """S3's open_write: past two parts a multipart upload, a part at a time (nothing spooled to local disk), not an
     object until the block ends; a writer may seek back into its last part, so a zip written there is byte for

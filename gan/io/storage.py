@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib
 import io
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -301,6 +303,33 @@ class LocalStorage:
         return self._file(key)
 
 
+def forget_cut_short_imports(packages: tuple[str, ...]) -> None:
+    """Drop from sys.modules the submodules of these packages whose package is no longer there.
+
+    Ray cancels a task by raising in it wherever it is. When that lands in a worker's first import of boto3, Python
+    removes the modules whose code was cut short but keeps the submodules that had finished; the next import makes
+    a new package and binds none of those to it, so every S3 client in that worker process then fails with "module
+    'boto3' has no attribute 'utils'". Forgotten, they are imported again whole."""
+    def orphan(name: str) -> bool:
+        parts = name.split(".")
+        return parts[0] in packages and any(".".join(parts[:i]) not in sys.modules for i in range(1, len(parts)))
+    for name in [name for name in list(sys.modules) if orphan(name)]:
+        del sys.modules[name]
+
+
+_boto3_whole = False  # set once this process has imported boto3 to the end
+
+
+def import_boto3_whole() -> None:
+    """Before this process's first use of boto3: forget what an import of it cut short left, then import it."""
+    global _boto3_whole
+    if not _boto3_whole:
+        forget_cut_short_imports(("boto3", "botocore", "s3transfer"))
+        for name in ("boto3", "boto3.exceptions", "botocore.config", "botocore.exceptions"):
+            importlib.import_module(name)
+        _boto3_whole = True
+
+
 @dataclass
 class S3Storage:
     bucket: str
@@ -327,6 +356,7 @@ class S3Storage:
 
     @cached_property
     def client(self):
+        import_boto3_whole()
         import boto3
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint,
@@ -339,6 +369,7 @@ class S3Storage:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """One S3 request; what may pass (unreachable, throttled, 5xx) is retried with back-off within the window."""
+        import_boto3_whole()
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -432,6 +463,7 @@ class S3Storage:
             raise
 
     def upload_file(self, key: str, path: str) -> None:
+        import_boto3_whole()
         from boto3.s3.transfer import TransferConfig
         cfg = TransferConfig(multipart_threshold=16 * 1024 ** 2, multipart_chunksize=16 * 1024 ** 2)
         self._call(self.child(key), self.client.upload_file, path, self.bucket, self._key(key), Config=cfg)
