@@ -19,7 +19,6 @@ import importlib
 import io
 import os
 import re
-import shutil
 import sys
 import time
 import uuid
@@ -147,7 +146,6 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
     def write(self, key: str, data: bytes) -> None: ...
     def exists(self, key: str) -> bool: ...
-    def upload_file(self, key: str, path: str) -> None: ...
     def child(self, key: str) -> str: ...
 
 
@@ -294,10 +292,6 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._file(key))
-
-    def upload_file(self, key: str, path: str) -> None:
-        with self.open_write(key) as f, open(path, "rb") as src:
-            shutil.copyfileobj(src, f, 1 << 20)
 
     def child(self, key: str) -> str:
         return self._file(key)
@@ -461,12 +455,6 @@ class S3Storage:
             if "no such object" in str(e):
                 return False
             raise
-
-    def upload_file(self, key: str, path: str) -> None:
-        import_boto3_whole()
-        from boto3.s3.transfer import TransferConfig
-        cfg = TransferConfig(multipart_threshold=16 * 1024 ** 2, multipart_chunksize=16 * 1024 ** 2)
-        self._call(self.child(key), self.client.upload_file, path, self.bucket, self._key(key), Config=cfg)
 
     def child(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
