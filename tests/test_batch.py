@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -361,11 +362,18 @@ def test_generate_and_assemble_command_lines(ray_cluster, dcgan_ckpt, tmp_path, 
     assert not few.exists() or list(few.iterdir()) == []
 
 
-def test_a_job_zips_each_output_as_it_writes_it_and_reads_back_only_an_earlier_runs(
+def _zipped(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_a_local_job_zips_each_output_as_it_writes_it_reading_each_once(
         ray_cluster, dcgan_ckpt, tmp_path, capsys, monkeypatch):
-    """--zip: the zip is made of each output's bytes as the job writes them, not read back from the folder; a
-    resumed job reads back only what its earlier run wrote. The zip holds exactly the outputs, byte for byte, and
-    one whose count is out of range never appears."""
+    """--zip to a local folder: the driver reads each output once, as its row comes back from the write task (a file
+    read; no image bytes through Ray's object store), and zips it when it is the bytes that task checked (their
+    CRC-32), else the job fails with one line and no zip appears. A resumed job reads each output once too (the
+    earlier run's, checked whole). The zip holds exactly the outputs, byte for byte, and one whose count is out of
+    range never appears."""
     from jobs.cli import run_main
     from jobs import generate as generate_job
     out, target = tmp_path / "gen", tmp_path / "images.zip"
@@ -373,29 +381,33 @@ def test_a_job_zips_each_output_as_it_writes_it_and_reads_back_only_an_earlier_r
     monkeypatch.setattr(LocalStorage, "read", lambda self, key: reads.append(key) or read(self, key))
     command = ["--checkpoint", dcgan_ckpt, "--count", "6", "--output", str(out), "--no-progress",
                "--min-images", "6", "--max-images", "6"]
-
-    def zipped(path: Path = target) -> dict:
-        with zipfile.ZipFile(path) as zf:
-            return {name: zf.read(name) for name in zf.namelist()}
-
     assert generate_job.main(command + ["--zip", str(target)]) == 0
     assert "zip: 6 images" in capsys.readouterr().out
     outputs = {p.name: p.read_bytes() for p in out.glob("*.jpg")}
-    assert len(outputs) == 6 and zipped() == outputs
-    assert not [k for k in reads if k.endswith(".jpg")]
-    # an interrupted run: two outputs missing. The rerun makes those two, reads back the four an earlier run wrote
+    assert len(outputs) == 6 and _zipped(target) == outputs
+    assert sorted(k for k in reads if k.endswith(".jpg")) == sorted(outputs)
+    # an interrupted run: two outputs missing. The rerun makes those two and reads each of the six once
     gone = sorted(outputs)[1:3]
     for name in gone:
         (out / name).unlink()
     reads.clear()
     assert generate_job.main(command + ["--zip", str(target)]) == 0
     assert "generate: 6 images (2 new, 4 already done)" in capsys.readouterr().out
-    assert sorted(k for k in reads if k.endswith(".jpg")) == sorted(set(outputs) - set(gone))
+    assert sorted(k for k in reads if k.endswith(".jpg")) == sorted(outputs)
     now = {p.name: p.read_bytes() for p in out.glob("*.jpg")}
-    assert zipped() == now and sorted(now) == sorted(outputs)
+    assert _zipped(target) == now and sorted(now) == sorted(outputs)
     assert all(now[name] == data for name, data in outputs.items() if name not in gone)
     made = json.loads((out / REPORT).read_text())["zip"]
     assert made["images"] == 6 and made["bytes"] == sum(map(len, now.values())) and made["zip"] == str(target)
+    # an output that is not what its write task wrote by the time the driver reads it: one line, no zip
+    (out / gone[0]).unlink()
+    monkeypatch.setattr(LocalStorage, "read", lambda self, key: read(self, key)[:-1] + b"\x00" if key == gone[0]
+                        else read(self, key))
+    assert run_main(generate_job.main, command + ["--zip", str(tmp_path / "changed.zip")]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
+    assert len(err) == 1 and f"{out / gone[0]}: changed after the job wrote it" in err[0], err
+    assert not (tmp_path / "changed.zip").exists()
+    monkeypatch.setattr(LocalStorage, "read", read)
     # a count the range refuses, found once the job has run: the job's outputs and report stay, no zip appears
     (out / gone[0]).unlink()
     assert run_main(generate_job.main, command[:-4] + ["--min-images", "1", "--max-images", "5",
@@ -403,12 +415,43 @@ def test_a_job_zips_each_output_as_it_writes_it_and_reads_back_only_an_earlier_r
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "pid=" not in ln]
     assert len(err) == 1 and "6 images, a submission needs 1 to 5" in err[0]
     assert (out / gone[0]).is_file() and (out / REPORT).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "images.zip"]  # no few.zip, no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "images.zip"]  # no other zip, no temporary file
+
+
+def test_an_s3_job_zips_the_bytes_its_write_tasks_send_and_reads_back_only_an_earlier_runs(
+        ray_cluster, dcgan_ckpt, s3, bucket, tmp_path, capsys, monkeypatch):
+    """--zip with outputs on S3: each output's bytes come back with its row from the write task (a GET each would
+    cost the driver more), so the driver GETs no output of this run; a resumed job GETs back only what its earlier
+    run wrote. The zip holds exactly the outputs, byte for byte."""
+    from gan.io.storage import S3Storage
+    from jobs import generate as generate_job
+    target = tmp_path / "images.zip"
+    reads, read = [], S3Storage.read
+    monkeypatch.setattr(S3Storage, "read", lambda self, key: reads.append(key) or read(self, key))
+    command = ["--checkpoint", dcgan_ckpt, "--count", "6", "--output", f"s3://{bucket}/gen", "--no-progress",
+               "--min-images", "6", "--max-images", "6", "--zip", str(target)]
+
+    def outputs() -> dict:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="gen/")["Contents"]]
+        return {k[4:]: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys if k.endswith(".jpg")}
+
+    assert generate_job.main(command) == 0
+    assert "zip: 6 images" in capsys.readouterr().out
+    first = outputs()
+    assert len(first) == 6 and _zipped(target) == first
+    assert not [k for k in reads if k.endswith(".jpg")]
+    gone = sorted(first)[1:3]
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": f"gen/{name}"} for name in gone]})
+    assert generate_job.main(command) == 0
+    assert "generate: 6 images (2 new, 4 already done)" in capsys.readouterr().out
+    assert sorted(k for k in reads if k.endswith(".jpg")) == sorted(set(first) - set(gone))
+    assert _zipped(target) == outputs()
 
 
 def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tmp_path):
-    """With a zip made as the job runs, the write task checks each output and sends its bytes on to the driver; an
-    output that fails the check is its row's error and is not written. Without one, nothing is sent on."""
+    """With a zip made as the job runs, the write task checks each output and sends its CRC-32 on to the driver, and
+    its bytes unless the driver reads the storage itself; an output that fails the check is its row's error and is
+    not written. Without a zip, nothing is sent on."""
     from gan.batch.pipeline import Row, WriteStage
     from gan.batch.submission import JobZip
     for bad, says in ((image_bytes(fmt="PNG"), "is PNG"), (image_bytes(mode="L"), "has mode L"),
@@ -424,7 +467,10 @@ def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tm
     sent = WriteStage(storage, pass_on=JobZip.check)(batch)
     assert list(sent["error"]) == ["", "o1.jpg: is 64x64, the submission needs 256x256", "p2: broken"]
     assert os.listdir(tmp_path) == ["o0.jpg"] and (tmp_path / "o0.jpg").read_bytes() == jpegs[0]
-    assert list(sent["jpeg"]) == [jpegs[0], b"", b""]
+    assert list(sent["jpeg"]) == [jpegs[0], b"", b""] and list(sent["crc"]) == [zlib.crc32(jpegs[0]), 0, 0]
+    kept = WriteStage(LocalStorage(str(tmp_path / "kept")), pass_on=JobZip.check, send_bytes=False)(batch)
+    assert "jpeg" not in kept and list(kept["crc"]) == list(sent["crc"]) and list(kept["error"]) == list(sent["error"])
+    assert os.listdir(tmp_path / "kept") == ["o0.jpg"]
     plain = WriteStage(LocalStorage(str(tmp_path / "plain")))(batch)
     assert "jpeg" not in plain and list(plain["error"]) == list(batch["error"])
     assert sorted(os.listdir(tmp_path / "plain")) == ["o0.jpg", "o1.jpg"]

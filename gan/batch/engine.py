@@ -63,7 +63,12 @@ class OutputCollector(Protocol):
         """Runs in the write tasks, before the output is written: a ValueError makes the output its row's error."""
 
     def add(self, key: str, data: bytes) -> None:
-        """Runs in the driver, once per output written, in the order they come back."""
+        """Runs in the driver, once per output written, in the order they come back, with the bytes its write task
+        sent on (storage whose reads cost more than that: S3)."""
+
+    def add_written(self, storage: Storage, key: str, crc: int) -> None:
+        """As `add`, for storage the driver reads itself (a local folder): the key and the CRC-32 of what its
+        write task checked and wrote."""
 
 
 @dataclass
@@ -256,16 +261,15 @@ class BatchJob:
                 {"checkpoint": opts.checkpoint, "inputs_of": self.inputs_of, "seed": self.seed,
                  "channels_last": opts.channels_last, "compile": opts.compile, "batch_size": opts.batch_size},
                 actor_plan(opts.actors, opts.cpus_per_actor, opts.use_gpu, opts.actor_resources), opts.batch_size,
-                decode=self.decode(), write=WriteStage(opts.output, collect.check if collect is not None else None),
+                decode=self.decode(), write=WriteStage(opts.output, collect.check if collect is not None else None,
+                                                       send_bytes=not opts.output.reads_are_local),
                 label=self.name, progress=opts.progress)
             try:
                 with closing(results):  # however the loop ends, Ray Data's executor and actors end first
                     for batch in results:
                         self._count(batch)
                         if collect is not None:
-                            for row, error, data in zip(batch["row"], batch["error"], batch["jpeg"]):
-                                if not error:
-                                    collect.add(row.out, bytes(data))
+                            self._collect(collect, batch)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
                 done = len(self.plan) - len(self.todo) + self.written
                 stop_local_ray()
@@ -294,6 +298,16 @@ class BatchJob:
         """After `resume`: the outputs of this job that an earlier run wrote (not to be made again), in name order."""
         todo = {row.out for row in self.todo}
         return sorted(row.out for row in self.plan if row.out not in todo)
+
+    def _collect(self, collect: OutputCollector, batch: dict) -> None:
+        sent = batch.get("jpeg")
+        for i, (row, error) in enumerate(zip(batch["row"], batch["error"])):
+            if error:
+                continue
+            if sent is not None:
+                collect.add(row.out, bytes(sent[i]))
+            else:
+                collect.add_written(self.opts.output, row.out, int(batch["crc"][i]))
 
     def _count(self, batch: dict) -> None:
         nodes = batch.get("node", [None] * len(batch["row"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -120,17 +121,21 @@ class ReadStage:
 class WriteStage:
     """Write each good row atomically under its `out` key: its `jpeg` bytes when the actor encoded them, else its
     `pixels` JPEG-encoded here; pixels are dropped, the other columns (`row`, `error`, the actor's `node`) go on to
-    the driver. With `pass_on` (a check of an output's bytes, raising ValueError), each output's bytes go on too
-    (`jpeg`, for a zip the driver makes as the job runs), checked here first: one that fails is its row's error and
-    is not written."""
+    the driver. With `pass_on` (a check of an output's bytes, raising ValueError; for a zip the driver makes as the
+    job runs), each output is checked here first (one that fails is its row's error and is not written) and its
+    CRC-32 goes on (`crc`); with `send_bytes` its bytes too (`jpeg`), for storage that the driver would read back
+    at more cost than Ray's object store brings them (S3: a GET each). A local folder's the driver reads itself:
+    bytes sent through the object store are pages of it that the driver maps, its RSS growing with the run."""
 
-    def __init__(self, storage: Storage, pass_on: Callable[[bytes, str], None] | None = None):
-        self.storage, self.pass_on = storage, pass_on
+    def __init__(self, storage: Storage, pass_on: Callable[[bytes, str], None] | None = None,
+                 send_bytes: bool = True):
+        self.storage, self.pass_on, self.send_bytes = storage, pass_on, send_bytes
 
     def __call__(self, batch: dict) -> dict:
         encoded = batch.get("jpeg")
         written = np.empty(len(batch["row"]), dtype=object)
         written[:] = b""
+        crcs = np.zeros(len(batch["row"]), dtype=np.int64)
         errors = list(batch["error"])
         for i, (row, error) in enumerate(zip(batch["row"], errors)):
             if error:
@@ -142,14 +147,15 @@ class WriteStage:
                 except ValueError as e:
                     errors[i] = str(e)
                     continue
-                written[i] = data
+                written[i], crcs[i] = data, zlib.crc32(data)
             # a fault of the storage itself (an outage past its retry window, a full disk) stops the job: the
             # driver says how far it got, and the rerun writes the rest (what was written is whole)
             self.storage.write(row.out, data)
         kept = {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
         if self.pass_on is None:
             return kept
-        return {**kept, "error": np.array(errors, dtype=object), "jpeg": written}
+        return {**kept, "error": np.array(errors, dtype=object), "crc": crcs,
+                **({"jpeg": written} if self.send_bytes else {})}
 
 
 class Progress:

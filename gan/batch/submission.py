@@ -20,6 +20,7 @@ import itertools
 import multiprocessing
 import os
 import zipfile
+import zlib
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -136,6 +137,15 @@ class JobZip:
         self._zip.writestr(zip_entry(key), data)
         self.images += 1
         self.bytes += len(data)
+
+    def add_written(self, storage: Storage, key: str, crc: int) -> None:
+        """An output this job has just written and checked, read back here (a local folder: a file read, cheaper
+        than its bytes sent through Ray): added when it is still the bytes that were checked, else the zip fails."""
+        data = storage.read(key)
+        if zlib.crc32(data) != crc:
+            raise SubmissionError(f"{storage.child(key)}: changed after the job wrote it; rerun the job to zip the "
+                                  "folder as it is now")
+        self.add(key, data)
 
     def add_read_back(self, storage: Storage, keys: list[str]) -> None:
         """Read, check and add these outputs (in processes for many, as `assemble` does)."""

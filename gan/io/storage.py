@@ -134,6 +134,7 @@ class Storage(Protocol):
     read_ahead: int  # reads worth having in flight at once when reading many keys (each waits on the network)
     reads_in_processes: bool  # reading and checking many keys is CPU work (one process per core pays), not waiting
     process_read_ahead: int  # reads in flight within each such process
+    reads_are_local: bool  # a read is a file read: cheaper for a driver than an object's bytes sent through Ray
 
     def list(self, prefix: str = "") -> list[str]: ...
     def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -163,6 +164,7 @@ class LocalStorage:
     read_ahead = 2  # a local read does not wait, but the zip's check decodes in the reading thread without the GIL
     reads_in_processes = True  # the check is Pillow under the GIL: 2 threads lost to serial, processes won 1.6x
     process_read_ahead = 1
+    reads_are_local = True
 
     @property
     def uri(self) -> str:
@@ -335,6 +337,7 @@ class S3Storage:
     # ~700 images/s at most on a fast core, whatever the threads; processes, each with its own GETs in flight, add up
     reads_in_processes = True
     process_read_ahead = 8
+    reads_are_local = False
     list_page = 1000  # keys per listing request: S3's most
 
     @property
