@@ -2,9 +2,10 @@
 
 A job run with a zip (`run_zipped`) makes it as it runs: each output, checked in the write task, goes into the zip
 as its row comes back to the driver (with its bytes from S3; from a local folder the driver reads the file and
-compares its CRC-32), so the zip does not GET its job's outputs back (only those an earlier run of the job wrote). Otherwise (`assemble`: `jobs.assemble`, the pipeline) images are streamed from storage into the zip
-in name order, read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a
-local folder in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU
+compares its CRC-32), so the zip does not GET its job's outputs back (only those an earlier run of the job wrote).
+Otherwise (`assemble`: `jobs.assemble`, the pipeline) images are streamed from storage into the zip in name order,
+read and checked a bounded window ahead (from S3 in 16 threads: each GET waits on the network; from a local folder
+in 2 threads; for a large folder, in one process per core: the check, and boto3's work per GET, are CPU
 work, mostly under the GIL), and the same images give the same zip, byte for byte (a job's own zip holds its
 entries in the order they were made). Stored, not deflated (JPEG does not compress further); each entry carries a
 fixed date, not the clock's; memory stays flat at any count; the zip appears at its target only when whole and its
@@ -114,8 +115,9 @@ class JobZip:
     """A zip being written: `assemble`'s (every image read back), or a job's, made as the job runs
     (`BatchJob.execute(collect=...)`): the write tasks check each output they
     have just encoded (`check`: its header), the driver adds each as its row comes back (`add` with the bytes the
-    task sent, or `add_written`: read from a local folder), then those an earlier run wrote, read back and checked whole (`add_read_back`); `finish` checks the count. A `with` block: the
-    zip appears at `uri` only when the block ends without error."""
+    task sent, or `add_written`: read from a local folder), then those an earlier run wrote, read back and checked
+    whole (`add_read_back`); `finish` checks the count. A `with` block: the zip appears at `uri` only when the block
+    ends without error."""
     check = staticmethod(check_made_image)
 
     def __init__(self, uri: str, min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES):
