@@ -122,10 +122,10 @@ class WriteStage:
     """Write each good row atomically under its `out` key: its `jpeg` bytes when the actor encoded them, else its
     `pixels` JPEG-encoded here; pixels are dropped, the other columns (`row`, `error`, the actor's `node`) go on to
     the driver. With `pass_on` (a check of an output's bytes, raising ValueError; for a zip the driver makes as the
-    job runs), each output is checked here first (one that fails is its row's error and is not written) and its
-    CRC-32 goes on (`crc`); with `send_bytes` its bytes too (`jpeg`), for storage that the driver would read back
-    at more cost than Ray's object store brings them (S3: a GET each). A local folder's the driver reads itself:
-    bytes sent through the object store are pages of it that the driver maps, its RSS growing with the run."""
+    job runs), each output is checked here first (one that fails is its row's error and is not written). With
+    `send_bytes` its bytes go on (`jpeg`), for storage that the driver would read back at more cost than Ray's
+    object store brings them (S3: a GET each); else only their CRC-32 (`crc`), and the driver reads the output
+    itself: bytes sent through the object store are pages of it that the driver maps, its RSS growing with the run."""
 
     def __init__(self, storage: Storage, pass_on: Callable[[bytes, str], None] | None = None,
                  send_bytes: bool = True):
@@ -147,15 +147,18 @@ class WriteStage:
                 except ValueError as e:
                     errors[i] = str(e)
                     continue
-                written[i], crcs[i] = data, zlib.crc32(data)
+                if self.send_bytes:
+                    written[i] = data
+                else:
+                    crcs[i] = zlib.crc32(data)
             # a fault of the storage itself (an outage past its retry window, a full disk) stops the job: the
             # driver says how far it got, and the rerun writes the rest (what was written is whole)
             self.storage.write(row.out, data)
         kept = {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
         if self.pass_on is None:
             return kept
-        return {**kept, "error": np.array(errors, dtype=object), "crc": crcs,
-                **({"jpeg": written} if self.send_bytes else {})}
+        sent = {"jpeg": written} if self.send_bytes else {"crc": crcs}
+        return {**kept, "error": np.array(errors, dtype=object), **sent}
 
 
 class Progress:
