@@ -271,11 +271,7 @@ class BatchJob:
                         if collect is not None:
                             self._collect(collect, batch)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs.cli makes it one): stop now, leave no half-writes
-                done = len(self.plan) - len(self.todo) + self.written
-                stop_local_ray()
-                opts.output.remove_stale_temps(before=time.time() + 1)
-                raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun the "
-                                     "same command to continue)") from None
+                stop = (JobInterrupted, "")
             except Exception as e:  # noqa: BLE001 - Ray wraps what a task raised; the storage fault is inside
                 fault = storage_fault(e)
                 if fault is None:
@@ -285,11 +281,17 @@ class BatchJob:
             else:
                 stop = None
             if stop is not None:
-                # raised here, not in the except block: Ray's exception (and through its traceback the pipeline's
-                # actor handles) is not kept as this one's context, so the actors end now, not when the caller
-                # drops the error; a rerun in the same process would otherwise wait for their CPUs
+                # raised here, not in the except block: the interrupt's or Ray's traceback can hold Ray Data's
+                # iterator (Ctrl-C landing inside Ray Data, before it hands the iterator back) and the actors. Dropped
+                # and collected now, its executor shuts down while Ray is up (at exit, after Ray has gone, it fails
+                # with a traceback), and the actors end, so that a rerun in this process does not wait for their CPUs
                 gc.collect()
                 done = len(self.plan) - len(self.todo) + self.written
+                if stop[0] is JobInterrupted:
+                    stop_local_ray()
+                    opts.output.remove_stale_temps(before=time.time() + 1)
+                    raise JobInterrupted(f"{self.name} stopped: {done} of {len(self.plan)} outputs are done (rerun "
+                                         "the same command to continue)")
                 raise stop[0](f"{self.name} stopped: {stop[1]}; at least {done} of {len(self.plan)} outputs are "
                               "done (rerun the same command to continue)")
         self.seconds = time.monotonic() - start
