@@ -450,8 +450,8 @@ def test_an_s3_job_zips_the_bytes_its_write_tasks_send_and_reads_back_only_an_ea
 
 def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tmp_path):
     """With a zip made as the job runs, the write task checks each output and sends its bytes on to the driver, or
-    only their CRC-32 when the driver reads the storage itself; an output that fails the check is its row's error and is
-    not written. Without a zip, nothing is sent on."""
+    only their CRC-32 when the driver reads the storage itself; an output that fails the check is its row's error
+    and is not written. Without a zip, nothing is sent on."""
     from gan.batch.pipeline import Row, WriteStage
     from gan.batch.submission import JobZip
     for bad, says in ((image_bytes(fmt="PNG"), "is PNG"), (image_bytes(mode="L"), "has mode L"),
