@@ -133,9 +133,11 @@ class WriteStage:
 
     def __call__(self, batch: dict) -> dict:
         encoded = batch.get("jpeg")
-        written = np.empty(len(batch["row"]), dtype=object)
-        written[:] = b""
-        crcs = np.zeros(len(batch["row"]), dtype=np.int64)
+        if self.send_bytes:
+            sent = np.empty(len(batch["row"]), dtype=object)
+            sent[:] = b""
+        else:
+            sent = np.zeros(len(batch["row"]), dtype=np.int64)
         errors = list(batch["error"])
         for i, (row, error) in enumerate(zip(batch["row"], errors)):
             if error:
@@ -147,18 +149,14 @@ class WriteStage:
                 except ValueError as e:
                     errors[i] = str(e)
                     continue
-                if self.send_bytes:
-                    written[i] = data
-                else:
-                    crcs[i] = zlib.crc32(data)
+                sent[i] = data if self.send_bytes else zlib.crc32(data)
             # a fault of the storage itself (an outage past its retry window, a full disk) stops the job: the
             # driver says how far it got, and the rerun writes the rest (what was written is whole)
             self.storage.write(row.out, data)
         kept = {k: v for k, v in batch.items() if k not in ("pixels", "jpeg")}
         if self.pass_on is None:
             return kept
-        sent = {"jpeg": written} if self.send_bytes else {"crc": crcs}
-        return {**kept, "error": np.array(errors, dtype=object), **sent}
+        return {**kept, "error": np.array(errors, dtype=object), ("jpeg" if self.send_bytes else "crc"): sent}
 
 
 class Progress:
