@@ -477,6 +477,21 @@ def test_the_write_stage_passes_checked_outputs_on_and_rejects_one_that_fails(tm
     assert sorted(os.listdir(tmp_path / "plain")) == ["o0.jpg", "o1.jpg"]
 
 
+def test_a_pipeline_that_sends_outputs_bytes_to_the_driver_holds_a_bounded_share_of_the_object_store(tmp_path):
+    """Bytes sent on to the driver (S3 with a zip) land in store pages the driver maps: the pipeline's share of the
+    store is capped, per actor and by batch size, so that those pages stay few; other pipelines keep Ray Data's."""
+    from gan.batch.pipeline import IMAGE_BYTES, STORE_PER_ACTOR, ActorPlan, WriteStage, store_budget
+    from gan.batch.submission import JobZip
+    storage = LocalStorage(str(tmp_path))
+    plan = ActorPlan(actors=3, cpus=1.0, gpus=1.0, threads=None)
+    sends = WriteStage(storage, pass_on=JobZip.check, send_bytes=True)
+    assert store_budget(plan, 64, sends) == 3 * STORE_PER_ACTOR
+    assert store_budget(plan, 512, sends) == 3 * 4 * 512 * IMAGE_BYTES > 3 * STORE_PER_ACTOR
+    assert store_budget(plan, 64, WriteStage(storage, pass_on=JobZip.check, send_bytes=False)) is None
+    assert store_budget(plan, 64, WriteStage(storage)) is None
+    assert store_budget(plan, 64, None) is None
+
+
 def test_stylize_reads_a_zip_of_photos(ray_cluster, demo_data, cyclegan_ckpt, tmp_path):
     photos = sorted((demo_data / "photo_jpg").glob("*.jpg"))[:6]
     with zipfile.ZipFile(tmp_path / "photos.zip", "w", zipfile.ZIP_DEFLATED) as zf:

@@ -21,6 +21,11 @@ from gan.io.storage import Storage, StorageError, StorageFullError, StorageUnava
 from gan.ray_runtime import check_placeable, ensure_ray
 
 MAX_BLOCKS = 200
+# Ray's object store per actor for a pipeline whose outputs' bytes come back to the driver (at least 4 batches of
+# 256x256 RGB): the driver maps every store page its blocks land on, and the store's used span, which those blocks
+# wander over, is what Ray Data lets it hold (up to half the store): measured in docs/scaling.md
+STORE_PER_ACTOR = 64 * 2**20
+IMAGE_BYTES = 256 * 256 * 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,15 @@ class DecodeThenModel:
         return self.model(self.decode(batch))
 
 
+def store_budget(plan: ActorPlan, batch_size: int, write: WriteStage | None) -> int | None:
+    """The object store a pipeline may hold, in bytes, when its write stage sends the outputs' bytes on to the
+    driver (S3 with a zip): `STORE_PER_ACTOR` per actor, or 4 batches of images where that is more. Else None
+    (Ray Data's own limit)."""
+    if write is None or write.pass_on is None or not write.send_bytes:
+        return None
+    return plan.actors * max(STORE_PER_ACTOR, 4 * batch_size * IMAGE_BYTES)
+
+
 def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPlan, batch_size: int,
                  decode: DecodeStage | ReadStage | None = None, write: WriteStage | None = None, label: str = "",
                  progress: bool = True, decode_in_actor: bool = False) -> Iterator[dict]:
@@ -214,6 +228,11 @@ def run_pipeline(rows: list[Row], actor: type, actor_kwargs: dict, plan: ActorPl
                         fn_constructor_kwargs=model_kwargs)
     if write is not None:
         ds = ds.map_batches(write, batch_size=batch_size, num_cpus=0.5)
+    budget = store_budget(plan, batch_size, write)
+    if budget is not None:
+        limits = ds.context.execution_options.resource_limits  # this dataset's copy of the context, not the global
+        ds.context.execution_options.resource_limits = limits.copy(
+            object_store_memory=min(limits.object_store_memory, budget))
     bar = Progress(len(rows), label, progress)
     batches = ds.iter_batches(batch_size=None, batch_format="numpy")
     try:
