@@ -15,17 +15,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from gan.io.images import BadImageError, decode_image, encode_jpeg
+from gan.io.images import IMAGE_SIZE, BadImageError, decode_image, encode_jpeg
 from gan.io.sources import InputItem, read_input
 from gan.io.storage import Storage, StorageError, StorageFullError, StorageUnavailableError
 from gan.ray_runtime import check_placeable, ensure_ray
 
 MAX_BLOCKS = 200
 # Ray's object store per actor for a pipeline whose outputs' bytes come back to the driver (at least 4 batches of
-# 256x256 RGB): the driver maps every store page its blocks land on, and the store's used span, which those blocks
+# RGB images): the driver maps every store page its blocks land on, and the store's used span, which those blocks
 # wander over, is what Ray Data lets it hold (up to half the store): measured in docs/scaling.md
 STORE_PER_ACTOR = 64 * 2**20
-IMAGE_BYTES = 256 * 256 * 3
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 
 
 @dataclass(frozen=True, slots=True)
